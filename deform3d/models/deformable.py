@@ -1,0 +1,124 @@
+"""3D deformable cross-attention from pose/cross queries into the RGB token volume.
+
+A 3-D generalization of the deformable attention of DAT (Xia et al., CVPR 2022) used as the
+cross-modal attention of Kim et al. (ICCV 2023, Sec. 3.2):
+
+1. The RGB volume ``(B, T, H, W, C)`` is projected and split into ``G`` channel groups.
+2. A light offset network (depthwise 3-D conv with kernel = stride = ``offset_strides``,
+   LayerNorm, GELU, 1x1 projection to 3) predicts a 3-D offset for every point of a coarse reference grid
+   ``(Ts, Hs, Ws)`` of each group; offsets are ``tanh``-bounded to ``offset_range_factor`` grid
+   cells.
+3. The volume is read at ``reference + offset`` by trilinear sampling (``grid_sample_3d``), giving
+   ``Ns = Ts * Hs * Ws`` sampled tokens whose channel group ``g`` comes from group ``g``'s points.
+4. Queries (cross-modal and joint tokens) attend over keys/values projected from the sampled
+   tokens, with a continuous relative-position bias: an MLP of the 3-D displacement between each
+   query's position (joint location ``(x, y)`` and frame time ``z``) and each sampling point.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from deform3d.models.embeddings import patchify
+from deform3d.models.layers import MultiHeadAttention, layer_norm
+from deform3d.ops import grid_sample_3d
+
+Dtype = Any
+
+
+def reference_grid(shape: Sequence[int]):
+  """Cell centres of a ``(Ts, Hs, Ws)`` grid in normalized ``(x, y, z)`` coordinates."""
+  ts, hs, ws = shape
+  axis = lambda n: (jnp.arange(n, dtype=jnp.float32) + 0.5) / n * 2.0 - 1.0
+  z, y, x = jnp.meshgrid(axis(ts), axis(hs), axis(ws), indexing="ij")
+  return jnp.stack([x, y, z], axis=-1)  # (Ts, Hs, Ws, 3)
+
+
+class DepthwisePatchConv(nn.Module):
+  """Depthwise 3-D convolution with kernel = stride: ``(N, T, H, W, C)`` -> ``(N, T/s, H/s, W/s, C)``.
+
+  Sizes not divisible by the stride are padded by repeating the edge (output size rounds up).
+
+  Written as a reshape and a per-channel weighted sum, whose backward pass is cheap on every
+  backend (XLA:CPU's depthwise strided conv3d backprop is not).
+  """
+  strides: Sequence[int]
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    st, sh, sw = self.strides
+    c = x.shape[-1]
+    k = st * sh * sw
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, c))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    pads = [(0, 0)] + [(0, (-n) % s) for n, s in zip(x.shape[1:4], (st, sh, sw))] + [(0, 0)]
+    if any(p[1] for p in pads):
+      x = jnp.pad(x, pads, mode="edge")
+    patches = patchify(x, st, sh, sw)
+    patches = patches.reshape(patches.shape[:-1] + (k, c))
+    return (jnp.einsum("...kc,kc->...c", patches, kernel.astype(self.dtype))
+            + bias.astype(self.dtype))
+
+
+class DeformableAttention3D(nn.Module):
+  """Cross-attention of ``queries (B, Q, C)`` over deformably sampled RGB tokens.
+
+  Args of ``__call__``: ``queries (B, Q, C)``, ``query_pos (B, Q, 3)`` normalized ``(x, y, z)``,
+  ``volume (B, T, H, W, C)``. Returns ``(B, Q, C)``. Sows ``sampling_points (B, G, Ns, 3)`` and
+  the attention weights ``(B, heads, Q, Ns)``.
+  """
+  num_heads: int
+  num_groups: int = 1
+  offset_strides: Sequence[int] = (2, 2, 2)
+  offset_range_factor: float = 2.0
+  rel_pos_hidden: int = 16
+  attn_dropout: float = 0.0
+  proj_dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, queries, query_pos, volume, *, deterministic: bool = True):
+    b, t, h, w, c = volume.shape
+    g = self.num_groups
+    if c % g or self.num_heads % g:
+      raise ValueError(f"DeformableAttention3D: channels {c} and heads {self.num_heads} must be "
+                       f"divisible by num_groups={g}")
+    cg = c // g
+    volume = layer_norm("volume_norm", self.dtype)(volume)
+
+    # Offset network on the projected, grouped volume.
+    off_in = nn.Dense(c, dtype=self.dtype, name="offset_proj")(volume)
+    off_in = off_in.reshape(b, t, h, w, g, cg).transpose(0, 4, 1, 2, 3, 5).reshape(b * g, t, h, w, cg)
+    off = DepthwisePatchConv(tuple(self.offset_strides), dtype=self.dtype,
+                             name="offset_dwconv")(off_in)
+    off = nn.gelu(layer_norm("offset_norm", self.dtype)(off))
+    off = nn.Dense(3, use_bias=False, dtype=jnp.float32, kernel_init=nn.initializers.zeros,
+                   name="offset_out")(off)
+    grid_shape = off.shape[1:4]  # (Ts, Hs, Ws)
+    cells = jnp.asarray([grid_shape[2], grid_shape[1], grid_shape[0]], jnp.float32)  # x, y, z
+    offset_range = self.offset_range_factor * 2.0 / cells
+    pos = reference_grid(grid_shape)[None] + jnp.tanh(off) * offset_range
+    pos = jnp.clip(pos, -1.0, 1.0)  # (B*G, Ts, Hs, Ws, 3)
+
+    grouped = volume.reshape(b, t, h, w, g, cg).transpose(0, 4, 1, 2, 3, 5).reshape(b * g, t, h, w, cg)
+    sampled = grid_sample_3d(grouped, pos.astype(jnp.float32), align_corners=False)
+    ns = grid_shape[0] * grid_shape[1] * grid_shape[2]
+    sampled = sampled.reshape(b, g, ns, cg).transpose(0, 2, 1, 3).reshape(b, ns, c)
+    points = pos.reshape(b, g, ns, 3)
+    self.sow("intermediates", "sampling_points", points)
+
+    # Continuous relative position bias: MLP(query position - sampling point) per head.
+    disp = query_pos[:, None, :, None, :].astype(jnp.float32) - points[:, :, None, :, :]
+    bias = nn.Dense(self.rel_pos_hidden, dtype=self.dtype, name="rpb_fc1")(disp)
+    bias = nn.Dense(self.num_heads // g, dtype=jnp.float32, name="rpb_fc2")(nn.relu(bias))
+    q_len = queries.shape[1]
+    bias = bias.transpose(0, 1, 4, 2, 3).reshape(b, self.num_heads, q_len, ns)
+
+    out, _ = MultiHeadAttention(self.num_heads, attn_dropout=self.attn_dropout,
+                                proj_dropout=self.proj_dropout, dtype=self.dtype,
+                                name="attn")(queries, sampled, bias=bias,
+                                             deterministic=deterministic)
+    return out

@@ -1,0 +1,105 @@
+"""Token embeddings of the two modalities: the RGB conv stem and the pose (joint) embedding."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from deform3d.models.layers import layer_norm
+
+Dtype = Any
+
+
+def temporal_pool(x, stride: int):
+  """Averages ``stride`` consecutive frames along axis 1 (pads by repeating the last frame)."""
+  if stride == 1:
+    return x
+  t = x.shape[1]
+  pad = (-t) % stride
+  if pad:
+    x = jnp.concatenate([x, jnp.repeat(x[:, -1:], pad, axis=1)], axis=1)
+  x = x.reshape((x.shape[0], x.shape[1] // stride, stride) + x.shape[2:])
+  return x.mean(axis=2)
+
+
+def patchify(x, pt: int, ph: int, pw: int):
+  """``(B, T, H, W, C)`` -> ``(B, T/pt, H/ph, W/pw, pt*ph*pw*C)`` non-overlapping patches.
+
+  A convolution whose kernel equals its stride is exactly this reshape followed by a Dense layer;
+  written this way its backward pass is a matmul on every backend (XLA:CPU's strided conv3d
+  backprop is an order of magnitude slower).
+  """
+  b, t, h, w, c = x.shape
+  if t % pt or h % ph or w % pw:
+    raise ValueError(f"patchify: input (T, H, W) = {(t, h, w)} is not divisible by the patch "
+                     f"{(pt, ph, pw)}")
+  x = x.reshape(b, t // pt, pt, h // ph, ph, w // pw, pw, c)
+  x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
+  return x.reshape(b, t // pt, h // ph, w // pw, pt * ph * pw * c)
+
+
+class RGBStem(nn.Module):
+  """Frames ``(B, T, H, W, 3)`` -> RGB token volume ``(B, T', H', W', C)``.
+
+  Two patchify convolutions (kernel = stride): spatial ``s1 x s1`` to ``C/2`` channels, LayerNorm,
+  GELU, then ``temporal_stride x s2 x s2`` to ``C`` channels and LayerNorm; then factorized
+  learned position embeddings over (time, height, width). ``H`` and ``W`` must be divisible by
+  ``s1 * s2`` and ``T`` by ``temporal_stride``.
+  """
+  embed_dim: int
+  spatial_strides: Sequence[int] = (4, 2)
+  temporal_stride: int = 1
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, frames):
+    if frames.ndim != 5 or frames.shape[-1] != 3:
+      raise ValueError(f"RGBStem: frames must be (B, T, H, W, 3), got {frames.shape}")
+    s1, s2 = self.spatial_strides
+    x = patchify(frames.astype(self.dtype), 1, s1, s1)
+    x = nn.Dense(self.embed_dim // 2, dtype=self.dtype, name="conv1")(x)
+    x = nn.gelu(layer_norm("norm1", self.dtype)(x))
+    x = patchify(x, self.temporal_stride, s2, s2)
+    x = nn.Dense(self.embed_dim, dtype=self.dtype, name="conv2")(x)
+    x = layer_norm("norm2", self.dtype)(x)
+    _, t, h, w, c = x.shape
+    init = nn.initializers.normal(0.02)
+    pos_t = self.param("pos_t", init, (t, 1, 1, c))
+    pos_h = self.param("pos_h", init, (1, h, 1, c))
+    pos_w = self.param("pos_w", init, (1, 1, w, c))
+    return x + (pos_t + pos_h + pos_w).astype(self.dtype)
+
+
+class PoseEmbed(nn.Module):
+  """Keypoints ``(B, T, J, D)`` -> pose tokens ``(B, T', J, C)``.
+
+  A two-layer MLP on each joint's coordinates (and score, if given) plus learned joint-identity
+  and time embeddings. With ``use_coords=False`` (RGB-only ablation) the tokens are the learned
+  embeddings alone, so no pose information enters the model.
+  """
+  embed_dim: int
+  num_joints: int
+  num_frames: int
+  temporal_stride: int = 1
+  use_coords: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, keypoints, batch_size: int):
+    init = nn.initializers.normal(0.02)
+    t_out = -(-self.num_frames // self.temporal_stride)
+    joint_embed = self.param("joint_embed", init, (self.num_joints, self.embed_dim))
+    time_embed = self.param("time_embed", init, (t_out, 1, self.embed_dim))
+    tokens = (joint_embed[None] + time_embed).astype(self.dtype)
+    tokens = jnp.broadcast_to(tokens, (batch_size,) + tokens.shape)
+    if self.use_coords:
+      expected = (batch_size, self.num_frames, self.num_joints)
+      if keypoints.ndim != 4 or keypoints.shape[:3] != expected:
+        raise ValueError(f"PoseEmbed: keypoints must be (B, T, J, D) = {expected + ('D',)}, "
+                         f"got {keypoints.shape}")
+      x = temporal_pool(keypoints.astype(self.dtype), self.temporal_stride)
+      x = nn.Dense(self.embed_dim, dtype=self.dtype, name="coord_fc1")(x)
+      x = nn.Dense(self.embed_dim, dtype=self.dtype, name="coord_fc2")(nn.gelu(x))
+      tokens = tokens + x
+    return tokens

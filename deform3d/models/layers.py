@@ -1,0 +1,85 @@
+"""Generic transformer pieces: multi-head attention that returns its weights, MLP, drop path."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+_NEG_INF = -1e9
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head attention over arbitrary leading batch axes.
+
+  ``x_q``: ``(..., Lq, C)``; ``x_kv``: ``(..., Lk, Ckv)``; optional additive ``bias`` and boolean
+  ``mask`` broadcastable to ``(..., heads, Lq, Lk)`` (``True`` = may attend). Returns the output
+  ``(..., Lq, C)`` and the attention weights ``(..., heads, Lq, Lk)`` (rows sum to 1, computed in
+  float32 before dropout). The weights are also sown into the ``intermediates`` collection.
+  """
+  num_heads: int
+  out_dim: Optional[int] = None
+  attn_dropout: float = 0.0
+  proj_dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_q, x_kv, *, bias=None, mask=None, deterministic: bool = True):
+    out_dim = self.out_dim or x_q.shape[-1]
+    if out_dim % self.num_heads:
+      raise ValueError(f"MultiHeadAttention: width {out_dim} is not divisible by "
+                       f"num_heads={self.num_heads}")
+    head_dim = out_dim // self.num_heads
+    dense = lambda name: nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype, name=name)
+    q = dense("query")(x_q)
+    k = dense("key")(x_kv)
+    v = dense("value")(x_kv)
+    logits = jnp.einsum("...qhd,...khd->...hqk", q, k,
+                        preferred_element_type=jnp.float32) * (head_dim ** -0.5)
+    if bias is not None:
+      logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+      logits = jnp.where(mask, logits, _NEG_INF)
+    weights = jax.nn.softmax(logits, axis=-1)
+    self.sow("intermediates", "attention", weights)
+    dropped = nn.Dropout(self.attn_dropout)(weights, deterministic=deterministic)
+    out = jnp.einsum("...hqk,...khd->...qhd", dropped.astype(self.dtype), v)
+    out = nn.DenseGeneral(out_dim, axis=(-2, -1), dtype=self.dtype, name="out")(out)
+    out = nn.Dropout(self.proj_dropout)(out, deterministic=deterministic)
+    return out, weights
+
+
+class Mlp(nn.Module):
+  """Transformer feed-forward block: Dense -> GELU -> Dropout -> Dense -> Dropout."""
+  hidden_dim: int
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, deterministic: bool = True):
+    c = x.shape[-1]
+    x = nn.Dense(self.hidden_dim, dtype=self.dtype, name="fc1")(x)
+    x = nn.gelu(x)
+    x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+    x = nn.Dense(c, dtype=self.dtype, name="fc2")(x)
+    return nn.Dropout(self.dropout)(x, deterministic=deterministic)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: drops the whole residual branch per example with probability ``rate``."""
+  rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, *, deterministic: bool = True):
+    if deterministic or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=1e-6, dtype=dtype, name=name)

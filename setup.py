@@ -1,0 +1,42 @@
+"""deform3d: cross-modal 3D deformable transformer for action recognition in JAX/Flax."""
+from setuptools import find_packages, setup
+
+# Version ranges admit the GPU stack (Python 3.12, jax 0.11) while the lower bounds are the
+# versions tested on Python 3.11 (jax 0.10.2). CI installs exactly the lower bounds' releases.
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.12",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "ml-collections>=1.1.0,<2",
+    "chex>=0.1.92,<0.2",
+    "numpy>=2.0,<3",
+    "matplotlib>=3.9,<4",
+]
+EXTRAS = {
+    # Input pipeline and dataset converters (never imported by model/ops/train code).
+    "data": [
+        "tensorflow-cpu==2.21.0",
+        "tensorflow-datasets==4.9.10",
+        "scipy>=1.11,<2",
+    ],
+    "test": [
+        "pytest==9.2.0",
+        "pytest-xdist==3.8.0",
+        "torch==2.13.0",  # CPU build; reference for grid_sample and the benchmark
+        "scipy>=1.11,<2",
+    ],
+}
+
+setup(
+    name="deform3d",
+    version="0.1.0",
+    description="Cross-modal 3D deformable transformer for action recognition (JAX/Flax)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["deform3d", "deform3d.*", "data_pipelines",
+                                    "data_pipelines.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)

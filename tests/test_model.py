@@ -1,0 +1,251 @@
+"""Shapes, numerics and learning behaviour of the Flax model."""
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from deform3d.models import (DeformableAttention3D, DropPath, attention_maps, build_model,
+                             joint_groups)
+from deform3d.models.deformable import reference_grid
+
+TINY = dict(num_classes=3, num_frames=4, num_joints=5, embed_dim=32, depth=2, num_heads=2,
+            num_groups=2, joint_window=3, joint_strides=(1, 2), temporal_window=2,
+            temporal_strides=(1, 2), stem_strides=(4, 2), offset_strides=(2, 2, 2))
+
+
+def make_inputs(rng, b=2, t=4, hw=32, j=5, d=3):
+  frames = rng.standard_normal((b, t, hw, hw, 3)).astype(np.float32)
+  keypoints = rng.uniform(-1, 1, size=(b, t, j, d)).astype(np.float32)
+  return jnp.asarray(frames), jnp.asarray(keypoints)
+
+
+def init(model, frames, keypoints, seed=0):
+  return jax.jit(model.init)(jax.random.key(seed), frames, keypoints)
+
+
+@pytest.mark.parametrize("overrides,t,hw,expect_t", [
+    ({}, 4, 32, 4),
+    ({"use_pose": False}, 4, 32, 4),
+    ({"use_rgb": False}, 4, 32, 4),
+    ({"num_frames": 5, "temporal_strides": (2, 2)}, 5, 32, 3),     # 5 -> 3: last frame repeated
+    ({"num_frames": 6, "stem_temporal_stride": 2, "temporal_strides": (1, 1)}, 6, 48, 3),
+])
+def test_output_shapes(rng, overrides, t, hw, expect_t):
+  model = build_model({**TINY, **overrides})
+  frames, keypoints = make_inputs(rng, t=t, hw=hw)
+  variables = init(model, frames, keypoints)
+  logits, maps = attention_maps(model, variables, frames, keypoints)
+  assert logits.shape == (2, 3)
+  assert np.all(np.isfinite(logits))
+  # Temporal token count entering the last block (its joint attention runs before its merge).
+  last = maps["block1/joint_attn/joint_importance"]
+  assert last.shape == (2, expect_t, 2, 5)
+  has_cross = any("cross_attn" in k for k in maps)
+  assert has_cross == model.use_rgb
+
+
+def test_temporal_stride_shrinks_tokens(rng):
+  model = build_model({**TINY, "num_frames": 8, "temporal_strides": (2, 2)})
+  frames, keypoints = make_inputs(rng, t=8)
+  _, maps = attention_maps(model, init(model, frames, keypoints), frames, keypoints)
+  assert maps["block0/joint_attn/joint_importance"].shape[1] == 8
+  assert maps["block1/joint_attn/joint_importance"].shape[1] == 4
+  # Deformable queries: T * (1 + J) in block 0, halved in block 1.
+  assert maps["block0/cross_attn/attn/attention"].shape[2] == 8 * 6
+  assert maps["block1/cross_attn/attn/attention"].shape[2] == 4 * 6
+
+
+def test_attention_maps_are_distributions(rng):
+  model = build_model(TINY)
+  frames, keypoints = make_inputs(rng)
+  variables = init(model, frames, keypoints)
+  # Random (non-zero-init) weights everywhere so that maps are not trivially uniform.
+  variables = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(7), p.shape),
+                           variables)
+  _, maps = attention_maps(model, variables, frames, keypoints)
+  names = [k for k in maps if k.endswith("attention")]
+  assert len(names) == 2 * 3  # cross, joint, temporal per block
+  for name in names:
+    w = np.asarray(maps[name])
+    assert np.all(w >= 0)
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5, err_msg=name)
+    assert w.std() > 1e-4, name  # not uniform
+  # Padded joints (J=5, window 3, stride 1 -> groups [0,1,2], [3,4,pad]) receive no attention.
+  joint = np.asarray(maps["block0/joint_attn/attn/attention"])  # (B, T, Ng, h, 1+w, 1+w)
+  np.testing.assert_array_equal(joint[:, :, 1, :, :, 3], 0.0)
+  # Joint importance of the cross token: per frame and head, sums over joints to <= 1.
+  imp = np.asarray(maps["block0/joint_attn/joint_importance"])
+  assert np.all(imp.sum(-1) <= 1.0 + 1e-5) and np.all(imp > 0)
+
+
+def test_joint_groups_cover_each_joint_once():
+  for j, w, s in [(17, 4, 1), (17, 4, 2), (25, 5, 2), (13, 3, 3), (5, 5, 1)]:
+    idx = joint_groups(j, w, s)
+    real = idx[idx >= 0]
+    assert sorted(real.tolist()) == list(range(j)), (j, w, s)
+    assert idx.shape[1] == w
+  idx = joint_groups(8, 2, 2)
+  np.testing.assert_array_equal(idx, [[0, 2], [1, 3], [4, 6], [5, 7]])
+  with pytest.raises(ValueError):
+    joint_groups(8, 0, 1)
+
+
+def test_jit_matches_eager_and_is_deterministic(rng):
+  model = build_model(TINY)
+  frames, keypoints = make_inputs(rng)
+  variables = init(model, frames, keypoints)
+  eager = model.apply(variables, frames, keypoints)
+  jitted = jax.jit(model.apply)(variables, frames, keypoints)
+  again = jax.jit(model.apply)(variables, frames, keypoints)
+  np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(jitted, again)
+  # Same init seed -> same parameters; other seed -> other parameters.
+  same = init(model, frames, keypoints, seed=0)
+  other = init(model, frames, keypoints, seed=1)
+  leaves = lambda v: np.concatenate([np.ravel(x) for x in jax.tree.leaves(v)])
+  np.testing.assert_array_equal(leaves(variables), leaves(same))
+  assert not np.array_equal(leaves(variables), leaves(other))
+
+
+def test_train_mode_uses_dropout_rng(rng):
+  model = build_model({**TINY, "dropout": 0.3, "drop_path": 0.3})
+  frames, keypoints = make_inputs(rng)
+  variables = init(model, frames, keypoints)
+  variables = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(3), p.shape),
+                           variables)
+  run = jax.jit(lambda v, key: model.apply(v, frames, keypoints, train=True,
+                                           rngs={"dropout": key}))
+  a, b, a2 = run(variables, jax.random.key(0)), run(variables, jax.random.key(1)), run(
+      variables, jax.random.key(0))
+  np.testing.assert_array_equal(a, a2)
+  assert not np.allclose(a, b)
+
+
+def test_gradients_are_finite_and_nonzero(rng):
+  model = build_model({**TINY, "drop_path": 0.2, "dropout": 0.1})
+  frames, keypoints = make_inputs(rng)
+  variables = init(model, frames, keypoints)
+  # The head is zero-initialized (no gradient flows past it at init): perturb all weights.
+  variables = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(2), p.shape),
+                           variables)
+  labels = jnp.array([0, 2])
+
+  def loss_fn(params):
+    logits = model.apply({"params": params}, frames, keypoints, train=True,
+                         rngs={"dropout": jax.random.key(1)})
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+  grads = jax.jit(jax.grad(loss_fn))(variables["params"])
+  flat = flax.traverse_util.flatten_dict(grads, sep="/")
+  for name, g in flat.items():
+    assert np.all(np.isfinite(g)), name
+  # Every stage of the network receives gradient.
+  for part in ("rgb_stem", "pose_embed", "cross_attn", "joint_attn", "temporal_attn", "head"):
+    total = sum(float(jnp.abs(g).sum()) for k, g in flat.items() if part in k)
+    assert total > 0, part
+
+
+def test_bfloat16_compute_keeps_float32_params(rng):
+  frames, keypoints = make_inputs(rng)
+  f32 = build_model(TINY)
+  bf16 = build_model({**TINY, "dtype": "bfloat16"})
+  variables = init(f32, frames, keypoints)
+  variables = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(5), p.shape),
+                           variables)
+  v16 = init(bf16, frames, keypoints)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(v16))
+  a = jax.jit(f32.apply)(variables, frames, keypoints)
+  b = jax.jit(bf16.apply)(variables, frames, keypoints)
+  assert b.dtype == jnp.float32
+  assert float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a))) < 0.1
+
+
+def test_deformable_points_start_on_grid_and_stay_in_range(rng):
+  module = DeformableAttention3D(num_heads=2, num_groups=2, offset_strides=(2, 2, 2),
+                                 offset_range_factor=1.5)
+  volume = jnp.asarray(rng.standard_normal((2, 4, 8, 8, 16)), jnp.float32)
+  queries = jnp.asarray(rng.standard_normal((2, 6, 16)), jnp.float32)
+  qpos = jnp.asarray(rng.uniform(-1, 1, (2, 6, 3)), jnp.float32)
+  variables = module.init(jax.random.key(0), queries, qpos, volume)
+  out, state = module.apply(variables, queries, qpos, volume, mutable=["intermediates"])
+  assert out.shape == (2, 6, 16)
+  pts = np.asarray(state["intermediates"]["sampling_points"][0])  # (B, G, Ns, 3)
+  ref = np.asarray(reference_grid((2, 4, 4))).reshape(-1, 3)
+  np.testing.assert_allclose(pts, np.broadcast_to(ref, pts.shape), atol=1e-6)  # zero-init offsets
+  # Large random offset weights: points move, but at most offset_range_factor cells.
+  params = flax.core.unfreeze(variables["params"])
+  params["offset_out"]["kernel"] = 10.0 * jax.random.normal(jax.random.key(1), (16 // 2, 3))
+  _, state = module.apply({"params": params}, queries, qpos, volume, mutable=["intermediates"])
+  pts = np.asarray(state["intermediates"]["sampling_points"][0])
+  moved = np.abs(pts - ref)
+  bound = 1.5 * 2.0 / np.array([4, 4, 2])  # cells in x (W), y (H), z (T)
+  assert moved.max() > 0.1
+  assert np.all(moved <= bound + 1e-6)
+  assert np.all(np.abs(pts) <= 1.0)
+
+
+def test_drop_path_drops_whole_examples():
+  x = jnp.ones((64, 3, 4))
+  out = DropPath(0.5).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+  per_example = np.asarray(out).reshape(64, -1)
+  assert set(np.unique(per_example).tolist()) <= {0.0, 2.0}
+  assert np.all(per_example.min(1) == per_example.max(1))
+  assert 10 < (per_example[:, 0] == 0).sum() < 54
+  np.testing.assert_array_equal(DropPath(0.5).apply({}, x, deterministic=True), x)
+
+
+def test_bad_config_and_inputs_raise(rng):
+  with pytest.raises(TypeError, match="unknown model config keys"):
+    build_model({**TINY, "embed_dims": 3})
+  with pytest.raises(ValueError, match="dtype"):
+    build_model({**TINY, "dtype": "float8"})
+  model = build_model({**TINY, "temporal_strides": (1,)})
+  frames, keypoints = make_inputs(rng)
+  with pytest.raises(ValueError, match="temporal_strides has 1 entries"):
+    model.init(jax.random.key(0), frames, keypoints)
+  model = build_model(TINY)
+  with pytest.raises(ValueError, match=r"keypoints must be \(B, T, J, D\)"):
+    model.init(jax.random.key(0), frames, keypoints[:, :, :4])
+
+
+def test_learns_a_tiny_cross_modal_problem():
+  """4 classes = (colour of the frames) x (body above/below centre): needs both modalities."""
+  data_rng = np.random.default_rng(0)
+  n, t, hw, j = 32, 4, 32, 5
+  colour = data_rng.integers(0, 2, n)
+  height = data_rng.integers(0, 2, n)
+  labels = colour * 2 + height
+  frames = 0.3 * data_rng.standard_normal((n, t, hw, hw, 3))
+  frames[..., 0] += np.where(colour, 1.0, -1.0)[:, None, None, None]
+  xy = data_rng.uniform(-0.5, 0.5, (n, 1, j, 2)) + 0.05 * data_rng.standard_normal((n, t, j, 2))
+  xy[..., 1] += np.where(height, 0.4, -0.4)[:, None, None]
+  keypoints = np.concatenate([xy, np.ones((n, t, j, 1))], -1)
+  frames, keypoints = jnp.asarray(frames, jnp.float32), jnp.asarray(keypoints, jnp.float32)
+  labels = jnp.asarray(labels)
+
+  model = build_model({**TINY, "num_classes": 4, "drop_path": 0.0})
+  params = init(model, frames[:2], keypoints[:2])["params"]
+  tx = optax.adam(3e-3)
+  opt = tx.init(params)
+
+  def loss_fn(p):
+    logits = model.apply({"params": p}, frames, keypoints)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+  @jax.jit
+  def step(p, o):
+    loss, g = jax.value_and_grad(loss_fn)(p)
+    updates, o = tx.update(g, o, p)
+    return optax.apply_updates(p, updates), o, loss
+
+  first = None
+  for _ in range(120):
+    params, opt, loss = step(params, opt)
+    first = float(loss) if first is None else first
+  final = float(loss_fn(params))
+  assert first == pytest.approx(np.log(4), rel=1e-3)  # zero-init head: uniform start
+  assert final < first / 10, (first, final)
+  acc = float((model.apply({"params": params}, frames, keypoints).argmax(-1) == labels).mean())
+  assert acc == 1.0
