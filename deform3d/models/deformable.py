@@ -74,7 +74,7 @@ class DeformableAttention3D(nn.Module):
   num_groups: int = 1
   offset_strides: Sequence[int] = (2, 2, 2)
   offset_range_factor: float = 2.0
-  rel_pos_hidden: int = 16
+  rel_pos_hidden: int = 8
   attn_dropout: float = 0.0
   proj_dropout: float = 0.0
   dtype: Dtype = jnp.float32
@@ -111,9 +111,13 @@ class DeformableAttention3D(nn.Module):
     self.sow("intermediates", "sampling_points", points)
 
     # Continuous relative position bias: MLP(query position - sampling point) per head.
-    disp = query_pos[:, None, :, None, :].astype(jnp.float32) - points[:, :, None, :, :]
-    bias = nn.Dense(self.rel_pos_hidden, dtype=self.dtype, name="rpb_fc1")(disp)
-    bias = nn.Dense(self.num_heads // g, dtype=jnp.float32, name="rpb_fc2")(nn.relu(bias))
+    # The first layer is linear, so W (q - p) + b = (W q + b) - W p: project the Q query and Ns
+    # point positions separately and broadcast, instead of a matmul on (B, G, Q, Ns, 3).
+    fc1 = nn.Dense(self.rel_pos_hidden, dtype=jnp.float32, name="rpb_fc1")
+    hq = fc1(query_pos.astype(jnp.float32))                       # (B, Q, hid), includes bias
+    hp = fc1(points) - fc1.variables["params"]["bias"]            # (B, G, Ns, hid), no bias
+    hidden = nn.relu(hq[:, None, :, None, :] - hp[:, :, None, :, :]).astype(self.dtype)
+    bias = nn.Dense(self.num_heads // g, dtype=jnp.float32, name="rpb_fc2")(hidden)
     q_len = queries.shape[1]
     bias = bias.transpose(0, 1, 4, 2, 3).reshape(b, self.num_heads, q_len, ns)
 

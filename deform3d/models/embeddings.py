@@ -71,11 +71,30 @@ class RGBStem(nn.Module):
     return x + (pos_t + pos_h + pos_w).astype(self.dtype)
 
 
+def pose_features(keypoints):
+  """``(B, T, J, D)`` -> ``(B, T, J, D + 4)``: the input, the ``(x, y)`` offset from the body
+  centre (mean of the joints with a non-zero score, or of all joints when ``D == 2``), and the
+  frame-to-frame motion of that offset (zero at the first frame). Missing joints get zeros.
+  """
+  xy = keypoints[..., :2]
+  if keypoints.shape[-1] > 2:
+    present = (keypoints[..., 2:3] > 0).astype(keypoints.dtype)
+  else:
+    present = jnp.ones_like(xy[..., :1])
+  count = jnp.maximum(present.sum(axis=2, keepdims=True), 1.0)
+  centre = (xy * present).sum(axis=2, keepdims=True) / count
+  rel = (xy - centre) * present
+  motion = jnp.concatenate([jnp.zeros_like(rel[:, :1]), rel[:, 1:] - rel[:, :-1]], axis=1)
+  motion = motion * present * jnp.concatenate([jnp.zeros_like(present[:, :1]), present[:, :-1]],
+                                              axis=1)
+  return jnp.concatenate([keypoints, rel, motion], axis=-1)
+
+
 class PoseEmbed(nn.Module):
   """Keypoints ``(B, T, J, D)`` -> pose tokens ``(B, T', J, C)``.
 
-  A two-layer MLP on each joint's coordinates (and score, if given) plus learned joint-identity
-  and time embeddings. With ``use_coords=False`` (RGB-only ablation) the tokens are the learned
+  A two-layer MLP on each joint's features (``pose_features``: coordinates, score, body-centred
+  offset and its motion) plus learned joint-identity and time embeddings. With ``use_coords=False`` (RGB-only ablation) the tokens are the learned
   embeddings alone, so no pose information enters the model.
   """
   embed_dim: int
@@ -98,8 +117,8 @@ class PoseEmbed(nn.Module):
       if keypoints.ndim != 4 or keypoints.shape[:3] != expected:
         raise ValueError(f"PoseEmbed: keypoints must be (B, T, J, D) = {expected + ('D',)}, "
                          f"got {keypoints.shape}")
-      x = temporal_pool(keypoints.astype(self.dtype), self.temporal_stride)
-      x = nn.Dense(self.embed_dim, dtype=self.dtype, name="coord_fc1")(x)
+      x = temporal_pool(pose_features(keypoints.astype(jnp.float32)), self.temporal_stride)
+      x = nn.Dense(self.embed_dim, dtype=self.dtype, name="coord_fc1")(x.astype(self.dtype))
       x = nn.Dense(self.embed_dim, dtype=self.dtype, name="coord_fc2")(nn.gelu(x))
       tokens = tokens + x
     return tokens

@@ -33,13 +33,23 @@ class Deform3DBlock(nn.Module):
   dropout: float
   attn_dropout: float
   drop_path: float
+  layer_scale: float
   dtype: Dtype
 
   @nn.compact
   def __call__(self, z, pos, volume, *, deterministic: bool = True):
     kw = dict(attn_dropout=self.attn_dropout, proj_dropout=self.dropout, dtype=self.dtype)
-    drop = lambda name: DropPath(self.drop_path, name=name)
-    b, t, n, c = z.shape
+    c = z.shape[-1]
+
+    def drop(name):
+      """Residual branch: per-channel LayerScale (CaiT) then drop path."""
+      path = DropPath(self.drop_path, name=name)
+      if not self.layer_scale:
+        return path
+      gamma = self.param(f"{name}_scale", nn.initializers.constant(self.layer_scale), (c,))
+      return lambda y, deterministic: path(y * gamma.astype(y.dtype), deterministic=deterministic)
+
+    b, t, n, _ = z.shape
     if volume is not None:
       q = layer_norm("norm_cross", self.dtype)(z).reshape(b, t * n, c)
       y = DeformableAttention3D(self.num_heads, num_groups=self.num_groups,
@@ -47,7 +57,11 @@ class Deform3DBlock(nn.Module):
                                 offset_range_factor=self.offset_range_factor, name="cross_attn",
                                 **kw)(q, pos.reshape(b, t * n, 3), volume,
                                       deterministic=deterministic)
-      z = z + drop("drop_cross")(y.reshape(b, t, n, c), deterministic=deterministic)
+      # The frame's cross-attention token: mean of the outputs of its cross and joint queries
+      # (each joint query looks around its own location). Joint tokens stay pose tokens.
+      y = y.reshape(b, t, n, -1).mean(axis=2, keepdims=True)
+      y = drop("drop_cross")(y, deterministic=deterministic)
+      z = jnp.concatenate([z[:, :, :1] + y, z[:, :, 1:]], axis=2)
     y = JointStrideAttention(self.num_heads, window=self.joint_window, stride=self.joint_stride,
                              name="joint_attn", **kw)(layer_norm("norm_joint", self.dtype)(z),
                                                       deterministic=deterministic)
@@ -95,6 +109,7 @@ class Deform3DTransformer(nn.Module):
   dropout: float = 0.0
   attn_dropout: float = 0.0
   drop_path: float = 0.1
+  layer_scale: float = 0.1
   use_rgb: bool = True
   use_pose: bool = True
   dtype: Dtype = jnp.float32
@@ -130,8 +145,13 @@ class Deform3DTransformer(nn.Module):
                             dtype=self.dtype, name="pose_embed")(keypoints, b)
     t = pose_tokens.shape[1]
     cross = self.param("cross_token", nn.initializers.normal(0.02), (1, 1, 1, c))
-    z = jnp.concatenate([jnp.broadcast_to(cross.astype(self.dtype), (b, t, 1, c)), pose_tokens],
-                        axis=2)
+    cross = jnp.broadcast_to(cross.astype(self.dtype), (b, t, 1, c))
+    if volume is not None:
+      # Each frame's cross-modal token starts from that frame's pooled RGB tokens (mean and max
+      # over space), so small salient objects reach the fusion token from the first step.
+      pooled = jnp.concatenate([volume.mean(axis=(2, 3)), volume.max(axis=(2, 3))], axis=-1)
+      cross = cross + nn.Dense(c, dtype=self.dtype, name="cross_init")(pooled)[:, :, None]
+    z = jnp.concatenate([cross, pose_tokens], axis=2)
 
     # Query positions (x, y, z=time) used by the deformable attention's relative position bias.
     time = (jnp.arange(t, dtype=jnp.float32) + 0.5) / t * 2.0 - 1.0
@@ -150,7 +170,7 @@ class Deform3DTransformer(nn.Module):
           joint_window=self.joint_window, joint_stride=self.joint_strides[i],
           temporal_window=self.temporal_window, temporal_stride=self.temporal_strides[i],
           mlp_ratio=self.mlp_ratio, dropout=self.dropout, attn_dropout=self.attn_dropout,
-          drop_path=rate, dtype=self.dtype, name=f"block{i}")(z, pos, volume,
+          drop_path=rate, layer_scale=self.layer_scale, dtype=self.dtype, name=f"block{i}")(z, pos, volume,
                                                                deterministic=deterministic)
 
     cls = layer_norm("norm_out", self.dtype)(z[:, :, 0].mean(axis=1))
