@@ -12,6 +12,7 @@ INSTALL_REQUIRES = [
     "chex>=0.1.92,<0.2",
     "numpy>=2.0,<3",
     "matplotlib>=3.9,<4",
+    "tensorboardX>=2.6.5,<3",  # summaries without importing TensorFlow
 ]
 EXTRAS = {
     # Input pipeline and dataset converters (never imported by model/ops/train code).

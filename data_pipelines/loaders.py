@@ -1,0 +1,40 @@
+"""Config -> per-process NumPy batch iterators for ``deform3d.train`` (wires tf.data to JAX)."""
+from __future__ import annotations
+
+import jax
+
+from data_pipelines import input_pipeline
+from data_pipelines.skeletons import LAYOUTS, flip_permutation
+
+
+def _common(config):
+  layout = config.dataset.joint_layout
+  if layout not in LAYOUTS:
+    raise ValueError(f"config.dataset.joint_layout={layout!r} is not one of {sorted(LAYOUTS)}")
+  if len(LAYOUTS[layout]) != config.model.num_joints:
+    raise ValueError(f"config.model.num_joints={config.model.num_joints} but joint layout "
+                     f"{layout!r} has {len(LAYOUTS[layout])} joints")
+  pc = jax.process_count()
+  if config.batch_size % (pc * jax.local_device_count()):
+    raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the "
+                     f"{pc * jax.local_device_count()} devices")
+  return dict(num_frames=config.model.num_frames, image_size=config.image_size,
+              num_joints=config.model.num_joints, batch_size=config.batch_size // pc,
+              process_index=jax.process_index(), process_count=pc,
+              cache=config.dataset.cache), flip_permutation(LAYOUTS[layout])
+
+
+def train_iter(config, start_step: int = 0):
+  kw, perm = _common(config)
+  ds = input_pipeline.make_dataset(
+      config.dataset.data_dir, config.dataset.train_split, train=True, seed=config.seed,
+      flip_perm=perm, crop_scale=tuple(config.dataset.crop_scale),
+      shuffle_buffer=config.dataset.shuffle_buffer, epoch_offset=start_step, **kw)
+  return input_pipeline.iterate(ds)
+
+
+def eval_iter(config, split: str = None):
+  kw, _ = _common(config)
+  ds = input_pipeline.make_dataset(config.dataset.data_dir, split or config.dataset.eval_split,
+                                   train=False, num_clips=config.dataset.eval_clips, **kw)
+  return input_pipeline.iterate(ds, kw["batch_size"])

@@ -1,0 +1,1 @@
+"""Training and evaluation (JAX only: this package never imports TensorFlow)."""

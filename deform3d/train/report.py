@@ -1,0 +1,51 @@
+"""Evaluation reports: metrics JSON and a confusion-matrix PNG."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+
+def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str, title: str = "") -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  n = len(classes)
+  norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+  size = max(4.0, 0.45 * n + 2)
+  fig, ax = plt.subplots(figsize=(size, size))
+  im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+  if n <= 30:
+    ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    for i in range(n):
+      for j in range(n):
+        if cm[i, j]:
+          ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                  color="white" if norm[i, j] > 0.5 else "black")
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  ax.set_title(title)
+  fig.colorbar(im, ax=ax, fraction=0.046)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write(metrics: dict, classes: Sequence[str], out_dir: str) -> str:
+  """Writes ``metrics.json`` (with the confusion matrix) and ``confusion.png`` to ``out_dir``."""
+  os.makedirs(out_dir, exist_ok=True)
+  cm = np.asarray(metrics["confusion_matrix"])
+  if cm.shape[0] != len(classes):
+    raise ValueError(f"confusion matrix has {cm.shape[0]} classes, class list has {len(classes)}")
+  summary = {k: metrics[k] for k in ("top1", "top5", "mean_class_accuracy", "num_examples")}
+  summary["classes"] = list(classes)
+  summary["confusion_matrix"] = cm.tolist()
+  with open(os.path.join(out_dir, "metrics.json"), "w") as fh:
+    json.dump(summary, fh, indent=1)
+  plot_confusion(cm, classes, os.path.join(out_dir, "confusion.png"),
+                 f"top-1 {metrics['top1']:.3f}, mean class acc "
+                 f"{metrics['mean_class_accuracy']:.3f} (n={metrics['num_examples']})")
+  return out_dir

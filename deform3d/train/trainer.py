@@ -1,0 +1,265 @@
+"""Sharded training loop: jitted train/eval steps on a ``Mesh``, AdamW, orbax checkpoints.
+
+Data arrives as iterators of process-local NumPy batches (built by ``data_pipelines`` in
+``launch/train.py``); this module never imports TensorFlow.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable, Iterator, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from deform3d.models import build_model
+from deform3d.train import sharding as shd
+from deform3d.train.metrics import classification_metrics
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+class ConfigMismatchError(RuntimeError):
+  """The workdir holds checkpoints of a different model/dataset configuration."""
+
+
+def _decay_mask(params):
+  """Weight decay on Dense/conv kernels only (not biases, norms, embeddings, tokens)."""
+  flat = flax.traverse_util.flatten_dict(params)
+  return flax.traverse_util.unflatten_dict({k: k[-1] == "kernel" for k in flat})
+
+
+def make_optimizer(config: ml_collections.ConfigDict):
+  if not 0 <= config.warmup_steps < config.total_steps:
+    raise ValueError(f"config.warmup_steps={config.warmup_steps} must be in [0, total_steps="
+                     f"{config.total_steps})")
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=config.learning_rate, warmup_steps=config.warmup_steps,
+      decay_steps=config.total_steps, end_value=config.learning_rate * config.final_lr_fraction)
+  tx = optax.chain(
+      optax.clip_by_global_norm(config.grad_clip),
+      optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=config.weight_decay, mask=_decay_mask))
+  return tx, schedule
+
+
+def fingerprint(config: ml_collections.ConfigDict) -> dict:
+  """What a checkpoint must agree on to be resumed: model architecture and label space."""
+  return {"model": json.loads(config.model.to_json()), "num_classes": config.model.num_classes}
+
+
+class Trainer:
+  """Builds the model, optimizer, shardings and the jitted steps for ``config`` on ``mesh``."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    self.config = config
+    self.mesh = mesh
+    self.model = build_model(config.model)
+    self.tx, self.schedule = make_optimizer(config)
+    self.batch_sharding = shd.batch_sharding(mesh)
+    self.replicated = shd.replicated(mesh)
+    m = config.model
+    self.example_shapes = {
+        "frames": (1, m.num_frames, config.image_size, config.image_size, 3),
+        "keypoints": (1, m.num_frames, m.num_joints, config.keypoint_dim),
+    }
+    abstract = jax.eval_shape(self._init, jax.random.key(0))
+    self.state_sharding = TrainState(
+        step=self.replicated,
+        params=shd.param_sharding(abstract.params, mesh, config.param_sharding,
+                                  config.fsdp_min_size),
+        opt_state=shd.param_sharding(abstract.opt_state, mesh, config.param_sharding,
+                                     config.fsdp_min_size))
+    self.abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+        self.state_sharding)
+    self.init = jax.jit(self._init, out_shardings=self.state_sharding)
+    self.train_step = jax.jit(self._train_step,
+                              in_shardings=(self.state_sharding, self.batch_sharding),
+                              out_shardings=(self.state_sharding, self.replicated),
+                              donate_argnums=(0,))
+    self.eval_step = jax.jit(self._eval_step,
+                             in_shardings=(self.state_sharding.params, self.batch_sharding),
+                             out_shardings=self.batch_sharding)
+
+  # -- pure functions ---------------------------------------------------------------------------
+  def _init(self, rng):
+    frames = jnp.zeros(self.example_shapes["frames"], jnp.float32)
+    keypoints = jnp.zeros(self.example_shapes["keypoints"], jnp.float32)
+    params = self.model.init(rng, frames, keypoints)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.tx.init(params))
+
+  def _loss(self, params, batch, rng):
+    logits = self.model.apply({"params": params}, batch["frames"], batch["keypoints"],
+                              train=True, rngs={"dropout": rng})
+    num_classes = logits.shape[-1]
+    targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes),
+                                  self.config.label_smoothing)
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    acc = (logits.argmax(-1) == batch["label"]).mean()
+    return loss, acc
+
+  def _train_step(self, state: TrainState, batch):
+    # Dropout randomness is a pure function of (seed, step): resumed runs replay it exactly.
+    rng = jax.random.fold_in(jax.random.key(self.config.seed + 1), state.step)
+    (loss, acc), grads = jax.value_and_grad(self._loss, has_aux=True)(state.params, batch, rng)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads),
+               "learning_rate": self.schedule(state.step)}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  def _eval_step(self, params, batch):
+    """Batch frames ``(B, K, T, H, W, 3)``: logits averaged over the ``K`` clips -> ``(B, C)``."""
+    frames, keypoints = batch["frames"], batch["keypoints"]
+    b, k = keypoints.shape[:2]
+    logits = self.model.apply({"params": params}, frames.reshape((b * k,) + frames.shape[2:]),
+                              keypoints.reshape((b * k,) + keypoints.shape[2:]), train=False)
+    return logits.reshape(b, k, -1).mean(axis=1)
+
+  # -- loops ------------------------------------------------------------------------------------
+  def evaluate(self, params, batches: Iterator[dict]) -> dict:
+    """Runs ``eval_step`` over padded, masked batches; returns metrics and per-example arrays."""
+    all_logits, all_labels = [], []
+    for batch in batches:
+      mask = batch["mask"]
+      logits = self.eval_step(params, shd.global_batch(batch, self.mesh))
+      logits = np.asarray(multihost_utils.process_allgather(logits, tiled=True))
+      labels = np.asarray(multihost_utils.process_allgather(
+          shd.global_batch({"label": batch["label"]}, self.mesh)["label"], tiled=True))
+      keep = np.asarray(multihost_utils.process_allgather(
+          shd.global_batch({"mask": mask}, self.mesh)["mask"], tiled=True)) > 0
+      all_logits.append(logits[keep])
+      all_labels.append(labels[keep])
+    logits = np.concatenate(all_logits)
+    labels = np.concatenate(all_labels)
+    out = classification_metrics(logits, labels)
+    out["logits"], out["labels"] = logits, labels
+    return out
+
+
+def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+  # The loop decides when to save (every checkpoint_every steps and at the end of a run).
+  options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
+                                         enable_async_checkpointing=False)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=options)
+
+
+def restore_or_init(trainer: Trainer, mngr: ocp.CheckpointManager, config) -> TrainState:
+  """Latest checkpoint in the workdir if any (refusing one of another config), else a new state."""
+  step = mngr.latest_step()
+  if step is None:
+    return trainer.init(jax.random.key(config.seed))
+  return restore_step(trainer, mngr, config, step)
+
+
+def restore_step(trainer: Trainer, mngr: ocp.CheckpointManager, config, step: int) -> TrainState:
+  """The checkpoint at ``step``, with the shardings of ``trainer``; refuses another config."""
+  # Check the configuration first: restoring arrays of other shapes fails with obscure errors.
+  got = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  want = fingerprint(config)
+  if got != want:
+    diff = sorted(k for k in set(got["model"]) | set(want["model"])
+                  if got["model"].get(k) != want["model"].get(k))
+    raise ConfigMismatchError(
+        f"{mngr.directory}: checkpoint at step {step} was written by another configuration "
+        f"(differs in model.{', model.'.join(diff)}); use a fresh --workdir or the original "
+        f"config. checkpoint: {got}; config: {want}")
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(trainer.abstract_state)))
+  return restored["state"]
+
+
+def save(mngr: ocp.CheckpointManager, state: TrainState, config) -> bool:
+  step = int(jax.device_get(state.step))
+  return mngr.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(fingerprint(config))),
+      force=True)
+
+
+def _fmt_time(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+      f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          make_train_iter: Callable[[int], Iterator[dict]],
+          make_eval_iter: Optional[Callable[[], Iterator[dict]]] = None,
+          mesh: Optional[jax.sharding.Mesh] = None, stop_after: Optional[int] = None,
+          log: Callable[[str], None] = print) -> dict:
+  """Trains to ``config.total_steps``, resuming from the latest checkpoint in ``workdir``.
+
+  ``make_train_iter(start_step)`` returns the training batches from ``start_step`` on.
+  ``stop_after``: leave after this many steps of this run (as if preempted; for tests).
+  Returns the last training metrics, the losses of this run and the final eval metrics.
+  """
+  mesh = mesh or shd.make_mesh()
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  trainer = Trainer(config, mesh)
+  mngr = checkpoint_manager(workdir, config)
+  state = restore_or_init(trainer, mngr, config)
+  start = int(jax.device_get(state.step))
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as fh:
+      fh.write(config.to_json_best_effort(indent=1))
+    if start:
+      log(f"resumed from checkpoint at step {start} in {workdir}")
+  writer = None
+  if is_main and config.tensorboard:
+    from tensorboardX import SummaryWriter
+    writer = SummaryWriter(os.path.join(workdir, "tb"))
+
+  losses, metrics, eval_metrics = [], {}, None
+  it = make_train_iter(start)
+  t0, s0 = time.time(), start
+  end = config.total_steps if stop_after is None else min(config.total_steps, start + stop_after)
+  for step in range(start + 1, end + 1):
+    batch = shd.global_batch(next(it), mesh)
+    state, m = trainer.train_step(state, batch)
+    if step % config.log_every == 0 or step == end:
+      metrics = {k: float(v) for k, v in jax.device_get(m).items()}
+      if not np.isfinite(metrics["loss"]):
+        raise FloatingPointError(f"loss is {metrics['loss']} at step {step}; last good checkpoint "
+                                 f"kept at step {mngr.latest_step()} in {workdir}")
+      losses.append((step, metrics["loss"]))
+      rate = (step - s0) / max(time.time() - t0, 1e-9)
+      if is_main:
+        log(f"step {step}/{config.total_steps} | loss {metrics['loss']:.4f} | "
+            f"acc {metrics['accuracy']:.3f} | lr {metrics['learning_rate']:.2e} | "
+            f"{rate:.2f} steps/s | ETA {_fmt_time((config.total_steps - step) / rate)}")
+        if writer:
+          for k, v in metrics.items():
+            writer.add_scalar(f"train/{k}", v, step)
+    if step % config.checkpoint_every == 0 or step == end:
+      save(mngr, state, config)
+    if make_eval_iter and config.eval_every and (step % config.eval_every == 0
+                                                 or step == config.total_steps):
+      eval_metrics = trainer.evaluate(state.params, make_eval_iter())
+      if is_main:
+        log(f"eval at step {step}: top1 {eval_metrics['top1']:.4f} | top5 "
+            f"{eval_metrics['top5']:.4f} | mean class acc "
+            f"{eval_metrics['mean_class_accuracy']:.4f} ({eval_metrics['num_examples']} clips)")
+        if writer:
+          for k in ("top1", "top5", "mean_class_accuracy"):
+            writer.add_scalar(f"eval/{k}", eval_metrics[k], step)
+  mngr.wait_until_finished()
+  mngr.close()
+  if writer:
+    writer.close()
+  return {"train": metrics, "losses": losses, "eval": eval_metrics, "state": state,
+          "trainer": trainer}

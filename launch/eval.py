@@ -1,0 +1,56 @@
+"""Evaluate a trained checkpoint: ``python launch/eval.py --config C --workdir W [--split test]``.
+
+Restores the latest (or ``--step``) checkpoint of ``--workdir``, runs the jitted multi-clip
+evaluation on ``--split`` and writes ``metrics.json`` (top-1, top-5, mean class accuracy,
+confusion matrix) and ``confusion.png`` to ``WORKDIR/eval_SPLIT``.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir with checkpoints/.",
+                               required=True)
+_SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default: the config's eval split).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+_OUT = flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/eval_SPLIT).")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  import jax
+  import orbax.checkpoint as ocp
+  from data_pipelines import loaders
+  from data_pipelines.records import read_classes
+  from deform3d.train import report, trainer
+  from deform3d.train.sharding import make_mesh
+
+  config = _CONFIG.value
+  split = _SPLIT.value or config.dataset.eval_split
+  tr = trainer.Trainer(config, make_mesh())
+  mngr = trainer.checkpoint_manager(_WORKDIR.value, config)
+  step = _STEP.value if _STEP.value is not None else mngr.latest_step()
+  if step is None:
+    raise SystemExit(f"{_WORKDIR.value}: no checkpoint found under checkpoints/")
+  if step not in mngr.all_steps():
+    raise SystemExit(f"{_WORKDIR.value}: no checkpoint at step {step}; have {mngr.all_steps()}")
+  # restore_or_init restores the latest; for another step, narrow the manager's view.
+  state = trainer.restore_step(tr, mngr, config, step)
+  metrics = tr.evaluate(state.params, loaders.eval_iter(config, split))
+  if jax.process_index() == 0:
+    out = _OUT.value or os.path.join(_WORKDIR.value, f"eval_{split}")
+    report.write(metrics, read_classes(config.dataset.data_dir), out)
+    print(f"step {step} {split}: top1 {metrics['top1']:.4f} | top5 {metrics['top5']:.4f} | "
+          f"mean class acc {metrics['mean_class_accuracy']:.4f} | {metrics['num_examples']} "
+          f"videos -> {out}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

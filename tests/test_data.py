@@ -1,0 +1,200 @@
+"""Records writer, embedded generator and the tf.data input pipeline."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from data_pipelines import embedded, input_pipeline, records  # noqa: E402
+from data_pipelines.skeletons import COCO17, flip_permutation  # noqa: E402
+
+J = len(COCO17)
+PERM = flip_permutation(COCO17)
+
+
+def static_sample(rng, label, n_frames=6, size=24, sid="s"):
+  """A clip whose frames and keypoints are the same in every frame (sampling-invariant)."""
+  yy, xx = np.mgrid[0:size, 0:size] / size
+  # Smooth random colour gradients (survive JPEG well) with a left/right asymmetry.
+  frame = (rng.uniform(40, 120, 3) + rng.uniform(-60, 60, 3) * xx[..., None]
+           + rng.uniform(-60, 60, 3) * yy[..., None] + 60 * (xx[..., None] ** 2))
+  frame = np.clip(frame, 0, 255).astype(np.uint8)
+  kp = rng.uniform(2, size - 3, (J, 2)).astype(np.float32)
+  scores = rng.uniform(0.5, 1, (J,)).astype(np.float32)
+  scores[3] = 0.0
+  return records.Sample(np.repeat(frame[None], n_frames, 0), np.repeat(kp[None], n_frames, 0),
+                        np.repeat(scores[None], n_frames, 0), label, sid)
+
+
+def test_flip_permutation_swaps_left_right():
+  names = [COCO17[i] for i in PERM]
+  assert names[COCO17.index("left_wrist")] == "right_wrist"
+  assert names[COCO17.index("right_ankle")] == "left_ankle"
+  assert names[COCO17.index("nose")] == "nose"
+  np.testing.assert_array_equal(PERM[PERM], np.arange(J))  # an involution
+  with pytest.raises(ValueError, match="no twin"):
+    flip_permutation(["left_hand", "nose"])
+
+
+def test_records_round_trip(tmp_path, rng):
+  samples = [static_sample(rng, i % 3, sid=f"clip{i}") for i in range(5)]
+  summary = records.write_split(str(tmp_path), "train", iter(samples), num_shards=2,
+                                num_classes=3, num_joints=J)
+  assert summary["num_examples"] == 5 and summary["skipped"] == []
+  files = input_pipeline.split_files(str(tmp_path), "train")
+  assert [os.path.basename(f) for f in files] == ["train-00000-of-00002.tfrecord",
+                                                  "train-00001-of-00002.tfrecord"]
+  assert not any(f.endswith(".tmp") for f in os.listdir(tmp_path))
+  got = {}
+  for raw in tf.data.TFRecordDataset(files):
+    ex = tf.train.Example.FromString(raw.numpy()).features.feature
+    got[ex["id"].bytes_list.value[0].decode()] = ex
+  assert sorted(got) == sorted(s.id for s in samples)
+  for s in samples:
+    ex = got[s.id]
+    assert ex["label"].int64_list.value[0] == s.label
+    np.testing.assert_array_equal(np.array(ex["pose/keypoints"].float_list.value).reshape(-1, J, 2),
+                                  s.keypoints)
+    np.testing.assert_array_equal(np.array(ex["pose/scores"].float_list.value).reshape(-1, J),
+                                  s.scores)
+    jpegs = ex["video/frames"].bytes_list.value
+    assert len(jpegs) == s.frames.shape[0]
+    decoded = tf.io.decode_jpeg(jpegs[0]).numpy().astype(float)
+    assert np.abs(decoded - s.frames[0]).mean() < 2.0  # JPEG is lossy, but close
+
+
+def test_invalid_samples_are_skipped_and_listed(tmp_path, rng):
+  good = static_sample(rng, 1, sid="good")
+  bad_label = static_sample(rng, 7, sid="bad_label")
+  bad_joints = static_sample(rng, 0, sid="bad_joints")
+  bad_joints.keypoints = bad_joints.keypoints[:, :13]
+  nan = static_sample(rng, 0, sid="nan")
+  nan.keypoints[2, 4, 0] = np.nan
+  summary = records.write_split(str(tmp_path), "val", iter([good, bad_label, bad_joints, nan]),
+                                num_shards=1, num_classes=3, num_joints=J)
+  assert summary["num_examples"] == 1
+  reasons = {s["id"]: s["reason"] for s in summary["skipped"]}
+  assert "outside the class list" in reasons["bad_label"]
+  assert "keypoints must be (F, J, 2)" in reasons["bad_joints"]
+  assert "NaN" in reasons["nan"]
+  with open(tmp_path / "val.json") as fh:
+    assert json.load(fh)["skipped"] == summary["skipped"]
+
+
+def test_frame_indices_uniform_sampling():
+  def idx(n, t, offsets):
+    return input_pipeline.frame_indices(n, t, tf.constant(offsets, tf.float32)).numpy()
+  np.testing.assert_array_equal(idx(32, 8, [[0.5] * 8]), [[2, 6, 10, 14, 18, 22, 26, 30]])
+  np.testing.assert_array_equal(idx(32, 8, [[0.0] * 8]), [[0, 4, 8, 12, 16, 20, 24, 28]])
+  short = idx(3, 8, [[0.5] * 8])
+  assert short.min() >= 0 and short.max() <= 2 and np.all(np.diff(short) >= 0)
+  rand = idx(40, 8, np.random.default_rng(0).uniform(0, 1, (1, 8)))
+  assert np.all(rand // 5 == np.arange(8))  # one frame from each segment of 5
+
+
+@pytest.fixture(scope="module")
+def static_dir(tmp_path_factory):
+  rng = np.random.default_rng(1)
+  d = tmp_path_factory.mktemp("static")
+  records.write_split(str(d), "train", (static_sample(rng, i % 3, sid=f"c{i}") for i in range(24)),
+                      num_shards=3, num_classes=3, num_joints=J)
+  return str(d)
+
+
+def _batches(data_dir, train, seed=0, n=24, **kw):
+  ds = input_pipeline.make_dataset(data_dir, "train", num_frames=4, image_size=24,
+                                   num_joints=J, batch_size=n, train=train, seed=seed,
+                                   flip_perm=PERM, crop_scale=(1.0, 1.0), **kw)
+  return next(input_pipeline.iterate(ds))
+
+
+def test_pipeline_shapes_and_keypoint_normalization(static_dir):
+  b = _batches(static_dir, train=False, num_clips=2)
+  assert b["frames"].shape == (24, 2, 4, 24, 24, 3) and b["frames"].dtype == np.float32
+  assert b["keypoints"].shape == (24, 2, 4, J, 3)
+  # Source keypoints in pixels of a 24x24 frame: x_norm = (2x + 1) / 24 - 1; missing joint -> 0.
+  rng = np.random.default_rng(1)
+  src = {f"c{i}": static_sample(rng, i % 3, sid=f"c{i}") for i in range(24)}
+  for i, sid in enumerate(b["id"]):
+    s = src[sid.decode()]
+    want = (2 * s.keypoints[0] + 1) / 24 - 1
+    want[s.scores[0] == 0] = 0
+    np.testing.assert_allclose(b["keypoints"][i, 0, 0, :, :2], want, atol=1e-5)
+    np.testing.assert_allclose(b["keypoints"][i, 0, 0, :, 2], s.scores[0], atol=1e-6)
+    assert b["label"][i] == s.label
+
+
+def test_flip_mirrors_frames_negates_x_and_swaps_joints(static_dir):
+  ev = _batches(static_dir, train=False, num_clips=1)
+  tr = _batches(static_dir, train=True)
+  ref = {sid: i for i, sid in enumerate(ev["id"])}
+  flipped = 0
+  for i, sid in enumerate(tr["id"]):
+    e = ref[sid]
+    kp_e, kp_t = ev["keypoints"][e, 0, 0], tr["keypoints"][i, 0]
+    fr_e, fr_t = ev["frames"][e, 0, 0], tr["frames"][i, 0]
+    if np.allclose(kp_t, kp_e, atol=1e-5):
+      np.testing.assert_allclose(fr_t, fr_e, atol=1e-4)
+    else:
+      flipped += 1
+      np.testing.assert_allclose(kp_t[PERM, 0], -kp_e[:, 0], atol=1e-5)
+      np.testing.assert_allclose(kp_t[PERM, 1], kp_e[:, 1], atol=1e-5)
+      np.testing.assert_allclose(kp_t[PERM, 2], kp_e[:, 2], atol=1e-6)
+      np.testing.assert_allclose(fr_t, fr_e[:, ::-1], atol=1e-4)
+  assert 0 < flipped < 24
+
+
+def test_pipeline_is_deterministic_per_seed(static_dir):
+  a = _batches(static_dir, train=True, seed=3)
+  b = _batches(static_dir, train=True, seed=3)
+  c = _batches(static_dir, train=True, seed=4)
+  np.testing.assert_array_equal(a["frames"], b["frames"])
+  np.testing.assert_array_equal(a["id"], b["id"])
+  assert not np.array_equal(a["id"], c["id"])
+
+
+def test_process_sharding_splits_eval_data(static_dir):
+  ids = []
+  for p in range(2):
+    ds = input_pipeline.make_dataset(static_dir, "train", num_frames=4, image_size=24,
+                                     num_joints=J, batch_size=5, train=False, process_index=p,
+                                     process_count=2)
+    batches = list(input_pipeline.iterate(ds, 5))
+    assert all(b["frames"].shape[0] == 5 for b in batches)
+    ids += [i for b in batches for i, m in zip(b["id"], b["mask"]) if m]
+  assert sorted(ids) == sorted(f"c{i}".encode() for i in range(24))
+
+
+def test_missing_split_names_directory(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no TFRecord shards for split 'test'"):
+    input_pipeline.split_files(str(tmp_path), "test")
+
+
+def test_embedded_generator_is_deterministic_and_labelled():
+  a = list(embedded.samples("val", 20, seed=5, num_frames=8, size=32))
+  b = list(embedded.samples("val", 20, seed=5, num_frames=8, size=32))
+  assert [s.label for s in a] == [s.label for s in b]
+  np.testing.assert_array_equal(a[3].frames, b[3].frames)
+  assert sorted({s.label for s in a}) == list(range(len(embedded.CLASSES)))
+  s = a[0]
+  assert s.frames.shape == (8, 32, 32, 3) and s.keypoints.shape == (8, J, 2)
+  present = s.scores > 0
+  assert present.mean() > 0.8
+  assert np.all((s.keypoints[present] > -8) & (s.keypoints[present] < 40))
+
+
+def test_wave_classes_differ_only_in_flag_colour():
+  """Same seed, the two wave classes: identical keypoints, frames differ near the right wrist."""
+  fa, ka, _ = embedded.render_clip(0, np.random.default_rng(9))
+  fb, kb, _ = embedded.render_clip(1, np.random.default_rng(9))
+  np.testing.assert_array_equal(ka, kb)
+  diff = np.abs(fa.astype(int) - fb.astype(int)).sum(-1) > 60  # (F, H, W)
+  f, y, x = np.nonzero(diff)
+  assert len(f) > 0
+  wrist = ka[f, 10]  # right wrist keypoint (noisy) of those frames
+  assert np.median(np.hypot(x - wrist[:, 0], y - wrist[:, 1])) < 8
+  red = fa[diff][:, 0].astype(int) - fa[diff][:, 2]
+  blue = fb[diff][:, 2].astype(int) - fb[diff][:, 0]
+  assert red.mean() > 80 and blue.mean() > 80

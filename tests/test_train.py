@@ -1,0 +1,141 @@
+"""Training loop, checkpoint resume, metrics, reports and the launch script's config handling."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from configs.common import base_config  # noqa: E402
+from data_pipelines import embedded, loaders  # noqa: E402
+from deform3d.train import report, trainer  # noqa: E402
+from deform3d.train.metrics import classification_metrics  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_SPLITS = {"train": (40, 2, 11), "val": (20, 1, 12), "test": (20, 1, 13)}
+
+
+def tiny_config(data_dir):
+  c = base_config()
+  c.dataset.data_dir = data_dir
+  c.dataset.eval_clips = 2
+  c.image_size = 32
+  c.model.update(num_frames=4, embed_dim=32, depth=2, num_heads=2, joint_strides=(1, 2),
+                 temporal_strides=(1, 2), temporal_window=2)
+  c.batch_size = 8
+  c.total_steps = 12
+  c.warmup_steps = 2
+  c.log_every = 2
+  c.eval_every = 12
+  c.checkpoint_every = 4
+  c.tensorboard = False
+  return c
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp("embedded"))
+  embedded.build(d, sizes=TINY_SPLITS, num_frames=8, size=32, verbose=False)
+  return d
+
+
+def run(config, workdir, **kw):
+  lines = []
+  out = trainer.train(config, workdir, make_train_iter=lambda s: loaders.train_iter(config, s),
+                      make_eval_iter=lambda: loaders.eval_iter(config), log=lines.append, **kw)
+  return out, lines
+
+
+def test_short_training_run_checkpoints_and_evaluates(data_dir, tmp_path):
+  config = tiny_config(data_dir)
+  out, lines = run(config, str(tmp_path))
+  assert int(out["state"].step) == 12
+  assert all(np.isfinite(l) for _, l in out["losses"])
+  assert [s for s, _ in out["losses"]] == list(range(2, 13, 2))
+  assert any("steps/s" in l and "ETA" in l for l in lines)
+  steps = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
+  assert steps == [4, 8, 12]
+  ev = out["eval"]
+  assert ev["num_examples"] == 20
+  assert ev["confusion_matrix"].sum() == 20
+  assert 0.0 <= ev["top1"] <= ev["top5"] <= 1.0
+  with open(tmp_path / "config.json") as fh:
+    assert json.load(fh)["model"]["embed_dim"] == 32
+
+
+def test_stopped_run_resumes_from_last_checkpoint(data_dir, tmp_path):
+  config = tiny_config(data_dir)
+  first, _ = run(config, str(tmp_path), stop_after=6)  # "preempted" after step 6
+  assert int(first["state"].step) == 6
+  saved = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
+  assert saved[-1] == 6  # the end of a run is always saved
+  second, lines = run(config, str(tmp_path))
+  assert "resumed from checkpoint at step 6" in lines[0]
+  assert int(second["state"].step) == 12
+  assert second["losses"][0][0] == 8  # continued, not restarted
+  # The restored parameters are the saved ones: a no-op resume at the end changes nothing.
+  third, lines = run(config, str(tmp_path))
+  assert "resumed from checkpoint at step 12" in lines[0]
+  for a, b in zip(jax.tree.leaves(second["state"].params), jax.tree.leaves(third["state"].params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_workdir_of_another_config_is_refused(data_dir, tmp_path):
+  config = tiny_config(data_dir)
+  run(config, str(tmp_path), stop_after=4)
+  other = tiny_config(data_dir)
+  other.model.embed_dim = 48
+  with pytest.raises(trainer.ConfigMismatchError, match="another configuration"):
+    run(other, str(tmp_path))
+
+
+def test_classification_metrics_by_hand():
+  logits = np.array([[3, 2, 1, 0], [0, 3, 2, 1], [0, 1, 3, 2], [3, 0, 1, 2], [0, 1, 2, 3.0]])
+  labels = np.array([0, 1, 3, 3, 3])
+  m = classification_metrics(logits, labels)
+  assert m["top1"] == pytest.approx(3 / 5)  # rows 0, 1, 4 right
+  assert m["top5"] == 1.0  # 4 classes: top-5 = top-4
+  # per class recall: class0 1/1, class1 1/1, class3 1/3 -> mean 7/9
+  assert m["mean_class_accuracy"] == pytest.approx((1 + 1 + 1 / 3) / 3)
+  np.testing.assert_array_equal(m["confusion_matrix"][3], [1, 0, 1, 1])
+
+
+def test_report_writes_png_and_json(tmp_path):
+  rng = np.random.default_rng(0)
+  m = classification_metrics(rng.standard_normal((30, 3)), rng.integers(0, 3, 30))
+  report.write(m, ["a", "b", "c"], str(tmp_path))
+  with open(tmp_path / "metrics.json") as fh:
+    saved = json.load(fh)
+  assert saved["top1"] == m["top1"] and np.sum(saved["confusion_matrix"]) == 30
+  with open(tmp_path / "confusion.png", "rb") as fh:
+    assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+  with pytest.raises(ValueError, match="class list has 2"):
+    report.write(m, ["a", "b"], str(tmp_path))
+
+
+def test_unknown_config_key_is_an_error(tmp_path):
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "train.py"),
+                         "--config", os.path.join(ROOT, "configs", "embedded.py"),
+                         "--workdir", str(tmp_path), "--config.bach_size=4"],
+                        capture_output=True, text=True, timeout=120, cwd=ROOT)
+  assert proc.returncode != 0
+  assert "bach_size" in proc.stderr
+
+
+def test_all_configs_load_and_build():
+  import importlib
+  from deform3d.models import build_model
+  from data_pipelines.skeletons import LAYOUTS
+  names = [f[:-3] for f in os.listdir(os.path.join(ROOT, "configs"))
+           if f.endswith(".py") and f not in ("__init__.py", "common.py")]
+  assert len(names) >= 9
+  for name in names:
+    c = importlib.import_module(f"configs.{name}").get_config()
+    build_model(c.model)  # validates keys
+    assert len(LAYOUTS[c.dataset.joint_layout]) == c.model.num_joints, name
+    assert len(c.model.temporal_strides) == c.model.depth, name
+    assert c.warmup_steps < c.total_steps, name
