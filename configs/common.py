@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
       dtype="float32"))
 
   c.batch_size = 32  # global batch, split over devices and processes
-  c.total_steps = 2000
+  c.total_steps = 1500
   c.warmup_steps = 100
   c.learning_rate = 1e-3
   c.final_lr_fraction = 0.01
@@ -41,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.fsdp_min_size = 2**14  # arrays with fewer elements stay replicated under fsdp
 
   c.log_every = 50
-  c.eval_every = 1000
+  c.eval_every = 500
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
   c.tensorboard = True

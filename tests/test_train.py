@@ -65,6 +65,20 @@ def test_short_training_run_checkpoints_and_evaluates(data_dir, tmp_path):
   assert 0.0 <= ev["top1"] <= ev["top5"] <= 1.0
   with open(tmp_path / "config.json") as fh:
     assert json.load(fh)["model"]["embed_dim"] == 32
+  # The run's progress lines are kept in log.txt and plot into a PNG.
+  png = tmp_path / "curves.png"
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "plot_curves.py"),
+                         "--out", str(png), f"tiny={tmp_path}"], capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  with open(png, "rb") as fh:
+    assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+  sys.path.insert(0, os.path.join(ROOT, "launch"))
+  import plot_curves
+  loss, top1 = plot_curves.parse(str(tmp_path))
+  assert [s for s, _ in loss] == list(range(2, 13, 2))
+  assert loss[-1][1] == pytest.approx(out["losses"][-1][1], rel=1e-3)
+  assert top1 == [(12, pytest.approx(ev["top1"], abs=1e-4))]
 
 
 def test_stopped_run_resumes_from_last_checkpoint(data_dir, tmp_path):

@@ -190,6 +190,15 @@ def save(mngr: ocp.CheckpointManager, state: TrainState, config) -> bool:
       force=True)
 
 
+def _tee(log: Callable[[str], None], path: str) -> Callable[[str], None]:
+  """``log`` that also appends each line to ``path`` (the run's console record)."""
+  def both(line: str) -> None:
+    log(line)
+    with open(path, "a") as fh:
+      fh.write(line + "\n")
+  return both
+
+
 def _fmt_time(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
@@ -217,6 +226,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as fh:
       fh.write(config.to_json_best_effort(indent=1))
+    log = _tee(log, os.path.join(workdir, "log.txt"))
     if start:
       log(f"resumed from checkpoint at step {start} in {workdir}")
   writer = None
