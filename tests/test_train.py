@@ -87,8 +87,14 @@ def test_stopped_run_resumes_from_last_checkpoint(data_dir, tmp_path):
   assert int(first["state"].step) == 6
   saved = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
   assert saved[-1] == 6  # the end of a run is always saved
+  first_params = jax.tree.map(np.asarray, first["state"].params)
   second, lines = run(config, str(tmp_path))
   assert "resumed from checkpoint at step 6" in lines[0]
+  # launch/eval.py's path: restore a chosen (non-latest) step.
+  mngr = trainer.checkpoint_manager(str(tmp_path), config)
+  older = trainer.restore_step(second["trainer"], mngr, config, 6)
+  for a, b in zip(jax.tree.leaves(first_params), jax.tree.leaves(older.params)):
+    np.testing.assert_array_equal(a, np.asarray(b))
   assert int(second["state"].step) == 12
   assert second["losses"][0][0] == 8  # continued, not restarted
   # The restored parameters are the saved ones: a no-op resume at the end changes nothing.

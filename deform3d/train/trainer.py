@@ -133,16 +133,13 @@ class Trainer:
   def evaluate(self, params, batches: Iterator[dict]) -> dict:
     """Runs ``eval_step`` over padded, masked batches; returns metrics and per-example arrays."""
     all_logits, all_labels = [], []
+    gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
     for batch in batches:
-      mask = batch["mask"]
-      logits = self.eval_step(params, shd.global_batch(batch, self.mesh))
-      logits = np.asarray(multihost_utils.process_allgather(logits, tiled=True))
-      labels = np.asarray(multihost_utils.process_allgather(
-          shd.global_batch({"label": batch["label"]}, self.mesh)["label"], tiled=True))
-      keep = np.asarray(multihost_utils.process_allgather(
-          shd.global_batch({"mask": mask}, self.mesh)["mask"], tiled=True)) > 0
+      batch = shd.global_batch(batch, self.mesh)
+      logits = gather(self.eval_step(params, batch))
+      keep = gather(batch["mask"]) > 0
       all_logits.append(logits[keep])
-      all_labels.append(labels[keep])
+      all_labels.append(gather(batch["label"])[keep])
     logits = np.concatenate(all_logits)
     labels = np.concatenate(all_labels)
     out = classification_metrics(logits, labels)
