@@ -28,11 +28,15 @@ from deform3d.ops import grid_sample_3d
 Dtype = Any
 
 
+def cell_centres(n: int):
+  """Centres of ``n`` equal cells of ``[-1, 1]`` (the ``align_corners=False`` convention)."""
+  return (jnp.arange(n, dtype=jnp.float32) + 0.5) / n * 2.0 - 1.0
+
+
 def reference_grid(shape: Sequence[int]):
   """Cell centres of a ``(Ts, Hs, Ws)`` grid in normalized ``(x, y, z)`` coordinates."""
   ts, hs, ws = shape
-  axis = lambda n: (jnp.arange(n, dtype=jnp.float32) + 0.5) / n * 2.0 - 1.0
-  z, y, x = jnp.meshgrid(axis(ts), axis(hs), axis(ws), indexing="ij")
+  z, y, x = jnp.meshgrid(cell_centres(ts), cell_centres(hs), cell_centres(ws), indexing="ij")
   return jnp.stack([x, y, z], axis=-1)  # (Ts, Hs, Ws, 3)
 
 

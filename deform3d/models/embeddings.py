@@ -11,14 +11,19 @@ from deform3d.models.layers import layer_norm
 Dtype = Any
 
 
+def pad_frames(x, multiple: int):
+  """Pads axis 1 to a multiple of ``multiple`` by repeating the last frame."""
+  pad = (-x.shape[1]) % multiple
+  if not pad:
+    return x
+  return jnp.concatenate([x, jnp.repeat(x[:, -1:], pad, axis=1)], axis=1)
+
+
 def temporal_pool(x, stride: int):
   """Averages ``stride`` consecutive frames along axis 1 (pads by repeating the last frame)."""
   if stride == 1:
     return x
-  t = x.shape[1]
-  pad = (-t) % stride
-  if pad:
-    x = jnp.concatenate([x, jnp.repeat(x[:, -1:], pad, axis=1)], axis=1)
+  x = pad_frames(x, stride)
   x = x.reshape((x.shape[0], x.shape[1] // stride, stride) + x.shape[2:])
   return x.mean(axis=2)
 

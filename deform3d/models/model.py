@@ -6,7 +6,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from deform3d.models.deformable import DeformableAttention3D
+from deform3d.models.deformable import DeformableAttention3D, cell_centres
 from deform3d.models.embeddings import PoseEmbed, RGBStem, temporal_pool
 from deform3d.models.layers import DropPath, Mlp, layer_norm
 from deform3d.models.stride_attention import (JointStrideAttention, TemporalMerge,
@@ -154,8 +154,7 @@ class Deform3DTransformer(nn.Module):
     z = jnp.concatenate([cross, pose_tokens], axis=2)
 
     # Query positions (x, y, z=time) used by the deformable attention's relative position bias.
-    time = (jnp.arange(t, dtype=jnp.float32) + 0.5) / t * 2.0 - 1.0
-    time = jnp.broadcast_to(time[None, :, None, None], (b, t, 1 + self.num_joints, 1))
+    time = jnp.broadcast_to(cell_centres(t)[None, :, None, None], (b, t, 1 + self.num_joints, 1))
     xy = jnp.zeros((b, t, 1 + self.num_joints, 2), jnp.float32)
     if self.use_pose:
       joints_xy = temporal_pool(keypoints[..., :2].astype(jnp.float32), self.stem_temporal_stride)

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from deform3d.models.embeddings import pad_frames
 from deform3d.models.layers import MultiHeadAttention, layer_norm
 
 Dtype = Any
@@ -121,11 +122,8 @@ class TemporalMerge(nn.Module):
     if self.stride == 1:
       return z, pos
     b, t, n, c = z.shape
-    pad = (-t) % self.stride
-    if pad:
-      z = jnp.concatenate([z, jnp.repeat(z[:, -1:], pad, axis=1)], axis=1)
-      pos = jnp.concatenate([pos, jnp.repeat(pos[:, -1:], pad, axis=1)], axis=1)
-    t2 = (t + pad) // self.stride
+    z, pos = pad_frames(z, self.stride), pad_frames(pos, self.stride)
+    t2 = z.shape[1] // self.stride
     z = z.reshape(b, t2, self.stride, n, c).transpose(0, 1, 3, 2, 4).reshape(b, t2, n, self.stride * c)
     z = layer_norm("norm", self.dtype)(z)
     z = nn.Dense(c, dtype=self.dtype, name="reduce")(z)
