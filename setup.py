@@ -19,7 +19,10 @@ EXTRAS = {
     "data": [
         "tensorflow-cpu==2.21.0",
         "tensorflow-datasets==4.9.10",
-        "scipy>=1.11,<2",
+        "scipy>=1.11,<2",              # Penn Action .mat labels
+        "apache-beam==2.77.0",         # dataset builds (DirectRunner locally, any runner at scale)
+        "av==18.1.0",                  # video decoding (PyAV, FFmpeg inside the wheel)
+        "importlib_resources>=6,<8",   # needed by tensorflow-datasets' builders, not declared by it
     ],
     "test": [
         "pytest==9.2.0",

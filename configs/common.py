@@ -79,3 +79,22 @@ def paper_dataset_config(*, name: str, data_dir: str, train_split: str, eval_spl
   c.eval_every = 5000
   c.checkpoint_every = 2000
   return c
+
+
+TFDS_ROOT = "data/tfds"  # launch/build_dataset.py --data_dir default
+NTU_POSE_SOURCES = {"hrnet": ("ntu_rgbd_hrnet", "coco17", 17), "kinect": ("ntu_rgbd", "ntu25", 25)}
+
+
+def ntu_config(split: str, num_classes: int, total_steps: int,
+               pose: str = None) -> ml_collections.ConfigDict:
+  """NTU RGB+D config for a TFDS build (docs/datasets.md). ``pose``: ``hrnet`` (default; pyskl
+  2-D HRNet poses, COCO-17) or ``kinect`` (the .skeleton files, 25 joints); pick it on the
+  command line with ``--config configs/ntu60_xsub.py:kinect``."""
+  pose = pose or "hrnet"
+  if pose not in NTU_POSE_SOURCES:
+    raise ValueError(f"NTU pose source {pose!r} is not one of {sorted(NTU_POSE_SOURCES)}")
+  builder, layout, joints = NTU_POSE_SOURCES[pose]
+  return paper_dataset_config(
+      name=f"ntu{num_classes}", data_dir=f"{TFDS_ROOT}/{builder}/{split}/1.0.0",
+      train_split="train", eval_split="test", joint_layout=layout, num_classes=num_classes,
+      num_joints=joints, total_steps=total_steps)

@@ -1,8 +1,10 @@
-"""NTU RGB+D 120, cross-subject split. Data: sharded TFRecords in ``data/ntu120_xsub``."""
-from configs.common import paper_dataset_config
+"""NTU RGB+D 120, cross-subject.
+
+Data: ``python launch/build_dataset.py --dataset ntu_rgbd_hrnet/ntu120_xsub --manual_dir RAW`` (or
+``ntu_rgbd/ntu120_xsub`` for Kinect skeletons, then ``--config configs/ntu120_xsub.py:kinect``).
+"""
+from configs.common import ntu_config
 
 
-def get_config():
-  return paper_dataset_config(name="ntu120", data_dir="data/ntu120_xsub", train_split="xsub_train",
-                              eval_split="xsub_val", joint_layout="coco17", num_classes=120,
-                              num_joints=17, total_steps=100000)
+def get_config(pose=None):
+  return ntu_config("ntu120_xsub", num_classes=120, total_steps=100000, pose=pose)

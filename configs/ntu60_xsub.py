@@ -1,8 +1,10 @@
-"""NTU RGB+D 60, cross-subject split. Data: sharded TFRecords in ``data/ntu60_xsub``."""
-from configs.common import paper_dataset_config
+"""NTU RGB+D 60, cross-subject.
+
+Data: ``python launch/build_dataset.py --dataset ntu_rgbd_hrnet/ntu60_xsub --manual_dir RAW`` (or
+``ntu_rgbd/ntu60_xsub`` for Kinect skeletons, then ``--config configs/ntu60_xsub.py:kinect``).
+"""
+from configs.common import ntu_config
 
 
-def get_config():
-  return paper_dataset_config(name="ntu60", data_dir="data/ntu60_xsub", train_split="xsub_train",
-                              eval_split="xsub_val", joint_layout="coco17", num_classes=60,
-                              num_joints=17, total_steps=60000)
+def get_config(pose=None):
+  return ntu_config("ntu60_xsub", num_classes=60, total_steps=60000, pose=pose)

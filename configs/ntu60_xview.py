@@ -1,8 +1,10 @@
-"""NTU RGB+D 60, cross-view split. Data: sharded TFRecords in ``data/ntu60_xview``."""
-from configs.common import paper_dataset_config
+"""NTU RGB+D 60, cross-view.
+
+Data: ``python launch/build_dataset.py --dataset ntu_rgbd_hrnet/ntu60_xview --manual_dir RAW`` (or
+``ntu_rgbd/ntu60_xview`` for Kinect skeletons, then ``--config configs/ntu60_xview.py:kinect``).
+"""
+from configs.common import ntu_config
 
 
-def get_config():
-  return paper_dataset_config(name="ntu60", data_dir="data/ntu60_xview", train_split="xview_train",
-                              eval_split="xview_val", joint_layout="coco17", num_classes=60,
-                              num_joints=17, total_steps=60000)
+def get_config(pose=None):
+  return ntu_config("ntu60_xview", num_classes=60, total_steps=60000, pose=pose)

@@ -40,10 +40,14 @@ _FEATURES = {
 
 
 def split_files(data_dir: str, split: str) -> list:
+  """Shards of ``split``: ours (``{split}-00000-of-NNNNN.tfrecord``) or a TFDS build's
+  (``{builder}-{split}.tfrecord-00000-of-NNNNN``); both hold the same schema."""
   files = sorted(glob.glob(os.path.join(data_dir, f"{split}-*-of-*.tfrecord")))
+  files = files or sorted(glob.glob(os.path.join(data_dir, f"*-{split}.tfrecord-*-of-*")))
   if not files:
     raise FileNotFoundError(f"no TFRecord shards for split {split!r} in {data_dir} "
-                            f"(expected {split}-00000-of-NNNNN.tfrecord)")
+                            f"(expected {split}-00000-of-NNNNN.tfrecord or a TFDS build's "
+                            f"<name>-{split}.tfrecord-00000-of-NNNNN)")
   return files
 
 

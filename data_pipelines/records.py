@@ -83,7 +83,8 @@ def to_example(sample: Sample, jpeg_quality: int = 92) -> bytes:
       "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(sample.label)])),
       "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[sample.id.encode()])),
   }
-  return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+  return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString(
+      deterministic=True)  # key-sorted map: same bytes in every process
 
 
 def shard_paths(directory: str, split: str, num_shards: int) -> List[str]:
@@ -128,7 +129,10 @@ def write_classes(directory: str, classes: Sequence[str]) -> None:
 
 
 def read_classes(directory: str) -> List[str]:
+  """Class names: ``classes.txt``, else a TFDS build's ``label.labels.txt``."""
   path = os.path.join(directory, "classes.txt")
+  if not os.path.exists(path) and os.path.exists(os.path.join(directory, "label.labels.txt")):
+    path = os.path.join(directory, "label.labels.txt")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: class list not found; build the dataset first")
   with open(path) as fh:

@@ -1,0 +1,65 @@
+"""Penn Action: per-video ``labels/NNNN.mat`` (13 joints, visibility, bbox) and ``frames/NNNN/``.
+
+``.mat`` fields used: ``action`` (str), ``x``, ``y`` (nframes x 13 pixels), ``visibility``
+(nframes x 13, 0/1), ``train`` (1 train / -1 test), ``nframes``, ``dimensions`` ([h, w, nframes]).
+Joint order matches ``data_pipelines.skeletons.PENN13``.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from typing import Dict
+
+import numpy as np
+from PIL import Image
+
+from data_pipelines.raw.common import RawFormatError
+
+NUM_JOINTS = 13
+FPS = 30.0  # Penn Action frames carry no rate; its videos are ~30 fps
+LABEL_MAP_VERSION = "penn_action-v1"
+ACTIONS = ("baseball_pitch", "baseball_swing", "bench_press", "bowl", "clean_and_jerk",
+           "golf_swing", "jump_rope", "jumping_jacks", "pullup", "pushup", "situp", "squat",
+           "strum_guitar", "tennis_forehand", "tennis_serve")
+
+
+def read_label(path: str) -> Dict[str, np.ndarray]:
+  import scipy.io
+
+  try:
+    m = scipy.io.loadmat(path, squeeze_me=True)
+  except Exception as e:
+    raise RawFormatError(f"{path}: unreadable .mat file ({type(e).__name__}: {e})") from e
+  for field in ("action", "x", "y", "visibility", "train"):
+    if field not in m:
+      raise RawFormatError(f"{path}: field {field!r} missing")
+  x, y, vis = (np.atleast_2d(np.asarray(m[k], np.float64)) for k in ("x", "y", "visibility"))
+  n = int(m.get("nframes", x.shape[0]))
+  for k, a in (("x", x), ("y", y), ("visibility", vis)):
+    if a.shape != (n, NUM_JOINTS):
+      raise RawFormatError(f"{path}: field {k!r} must be (nframes, {NUM_JOINTS}) = "
+                           f"({n}, {NUM_JOINTS}), got {a.shape}")
+  action = str(m["action"])
+  if action not in ACTIONS:
+    raise RawFormatError(f"{path}: field 'action' = {action!r} is not one of the "
+                         f"{len(ACTIONS)} Penn Action classes")
+  return {"keypoints": np.stack([x, y], -1).astype(np.float32),
+          "scores": (vis > 0).astype(np.float32), "label": ACTIONS.index(action),
+          "train": int(m["train"]) == 1, "nframes": n}
+
+
+def read_frames(frame_dir: str, nframes: int) -> np.ndarray:
+  files = sorted(glob.glob(os.path.join(frame_dir, "*.jpg")))
+  if len(files) != nframes:
+    raise RawFormatError(f"{frame_dir}: expected {nframes} frames (nframes in the .mat file), "
+                         f"found {len(files)} .jpg files")
+  out = []
+  for f in files:
+    try:
+      with Image.open(f) as im:
+        out.append(np.asarray(im.convert("RGB")))
+    except Exception as e:
+      raise RawFormatError(f"{f}: unreadable image ({type(e).__name__}: {e})") from e
+  if len({a.shape for a in out}) != 1:
+    raise RawFormatError(f"{frame_dir}: frames differ in size")
+  return np.stack(out)

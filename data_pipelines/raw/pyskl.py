@@ -1,0 +1,53 @@
+"""pyskl pose-annotation pickles (2-D HRNet poses for NTU 60/120, FineGYM, ...).
+
+Format: ``{"split": {name: [frame_dir, ...]}, "annotations": [{"frame_dir": str, "label": int,
+"img_shape": (h, w), "total_frames": int, "keypoint": (M, T, V, 2) pixels of img_shape,
+"keypoint_score": (M, T, V)}, ...]}``.
+"""
+from __future__ import annotations
+
+import pickle
+from typing import Dict, Tuple
+
+import numpy as np
+
+from data_pipelines.raw.common import RawFormatError, select_person
+
+REQUIRED = ("frame_dir", "label", "img_shape", "total_frames", "keypoint", "keypoint_score")
+
+
+def load(path: str) -> Tuple[Dict[str, list], Dict[str, dict]]:
+  """Returns ``(splits, annotations by frame_dir)``; checks the top-level structure."""
+  try:
+    with open(path, "rb") as fh:
+      data = pickle.load(fh)
+  except Exception as e:
+    raise RawFormatError(f"{path}: unreadable pickle ({type(e).__name__}: {e})") from e
+  if not isinstance(data, dict) or "split" not in data or "annotations" not in data:
+    raise RawFormatError(f"{path}: expected a dict with keys 'split' and 'annotations'")
+  anns = {}
+  for i, a in enumerate(data["annotations"]):
+    missing = [k for k in REQUIRED if k not in a]
+    if missing:
+      raise RawFormatError(f"{path}: annotations[{i}] lacks field(s) {missing}")
+    anns[a["frame_dir"]] = a
+  return {k: list(v) for k, v in data["split"].items()}, anns
+
+
+def main_person(ann: dict, num_joints: int, source: str = "pyskl"):
+  """``(T, V, 2)`` keypoints and ``(T, V)`` scores of the main person (``select_person``),
+  checked against the annotation's ``total_frames`` and the expected joint count."""
+  fd = ann["frame_dir"]
+  kp = np.asarray(ann["keypoint"], np.float32)
+  sc = np.asarray(ann["keypoint_score"], np.float32)
+  t = int(ann["total_frames"])
+  if kp.ndim != 4 or kp.shape[1:] != (t, num_joints, 2):
+    raise RawFormatError(f"{source}: {fd}: field 'keypoint' must be (M, total_frames, V, 2) = "
+                         f"(M, {t}, {num_joints}, 2), got {kp.shape}")
+  if sc.shape != kp.shape[:3]:
+    raise RawFormatError(f"{source}: {fd}: field 'keypoint_score' must be {kp.shape[:3]}, got "
+                         f"{sc.shape}")
+  if not np.all(np.isfinite(kp)) or not np.all(np.isfinite(sc)):
+    raise RawFormatError(f"{source}: {fd}: field 'keypoint' or 'keypoint_score' has NaN/inf")
+  m = select_person(kp, sc)
+  return kp[m], sc[m]
