@@ -15,7 +15,9 @@ any parallelism. Each process reads a disjoint part of the data (``process_index
 from __future__ import annotations
 
 import glob
+import itertools
 import os
+import re
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -63,7 +65,7 @@ def frame_indices(num_available, num_frames: int, offsets):
 
 
 def _process(example, index, *, num_frames, image_size, num_joints, train, num_clips, seed,
-             flip_perm, crop_scale):
+             flip_perm, crop_scale, num_classes=None):
   ex = tf.io.parse_single_example(example, _FEATURES)
   jpegs = tf.sparse.to_dense(ex["video/frames"])
   n = tf.shape(jpegs)[0]
@@ -71,8 +73,18 @@ def _process(example, index, *, num_frames, image_size, num_joints, train, num_c
   w = tf.cast(ex["video/width"], tf.int32)
   kp = tf.sparse.to_dense(ex["pose/keypoints"])
   sc = tf.sparse.to_dense(ex["pose/scores"])
-  tf.debugging.assert_equal(ex["pose/num_joints"], tf.cast(num_joints, tf.int64), message=(
-      f"pose/num_joints does not match the config's num_joints={num_joints}"))
+  checks = [
+      tf.debugging.assert_equal(ex["pose/num_joints"], tf.cast(num_joints, tf.int64), message=(
+          f"pose/num_joints does not match the config's num_joints={num_joints}")),
+      tf.debugging.assert_equal(tf.size(kp), n * num_joints * 2, message=(
+          "pose/keypoints must hold video/frames x num_joints x 2 values")),
+      tf.debugging.assert_all_finite(kp, "pose/keypoints contains NaN or inf")]
+  if num_classes is not None:
+    checks += [tf.debugging.assert_less(ex["label"], tf.cast(num_classes, tf.int64), message=(
+        f"label outside the class list [0, {num_classes})")),
+               tf.debugging.assert_non_negative(ex["label"], message="label is negative")]
+  with tf.control_dependencies(checks):  # checks first: a reshape error would hide the cause
+    kp, sc = tf.identity(kp), tf.identity(sc)
   kp = tf.reshape(kp, [n, num_joints, 2])
   sc = tf.reshape(sc, [n, num_joints])
   key = tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)])
@@ -126,50 +138,144 @@ def _process(example, index, *, num_frames, image_size, num_joints, train, num_c
           "label": tf.cast(ex["label"], tf.int32), "id": ex["id"]}
 
 
+def _local_files(files: list, process_index: int, process_count: int):
+  """Files of this process (file-level sharding when the shard count divides evenly) and
+  whether records must instead be sharded one by one."""
+  if len(files) >= process_count and len(files) % process_count == 0:
+    return files[process_index::process_count], False
+  return files, True
+
+
+def _records(files: list, process_index: int, process_count: int, shard_records: bool,
+             cycle: int = 8) -> tf.data.Dataset:
+  ds = tf.data.Dataset.from_tensor_slices(files)
+  ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(len(files), cycle)),
+                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if shard_records:
+    ds = ds.shard(process_count, process_index)
+  return ds
+
+
+def _train_records(files, process_index, process_count, *, seed, shuffle_buffer, cache,
+                   start_position):
+  """Endless raw-record stream of one process, a pure function of ``(seed, position)``.
+
+  Epoch ``e`` is a permutation seeded by ``(seed, e)``: with ``cache``, a full permutation of the
+  process's records held in memory; otherwise the files in a seeded order, interleaved, through
+  a shuffle buffer seeded by ``(seed, e)``. Starting at ``start_position`` = epoch ``p // n``,
+  record ``p % n`` reads (but does not decode) at most one epoch, so a resumed run sees exactly
+  the records an uninterrupted run would have seen.
+  """
+  local, shard_records = _local_files(files, process_index, process_count)
+  cached = None
+  if cache:
+    cached = list(_records(local, process_index, process_count, shard_records)
+                  .as_numpy_iterator())
+    n = len(cached)
+  else:
+    n = sum(1 for _ in _records(local, process_index, process_count, shard_records))
+  if n == 0:
+    raise ValueError(f"process {process_index} of {process_count} has no training records in "
+                     f"{files[0]} .. {files[-1]}")
+  epoch0, skip = divmod(start_position, n)
+
+  def stream():
+    for epoch in itertools.count(epoch0):
+      rng = np.random.default_rng([seed, epoch])
+      if cached is not None:
+        order = rng.permutation(n)
+        it = (cached[i] for i in order[skip if epoch == epoch0 else 0:])
+      else:
+        perm = [local[i] for i in rng.permutation(len(local))]
+        ds = _records(perm, process_index, process_count, shard_records)
+        ds = ds.shuffle(shuffle_buffer, seed=int(rng.integers(2**31)),
+                        reshuffle_each_iteration=False)
+        if epoch == epoch0:
+          ds = ds.skip(skip)
+        it = ds.as_numpy_iterator()
+      yield from it
+
+  return tf.data.Dataset.from_generator(stream, output_signature=tf.TensorSpec([], tf.string))
+
+
 def make_dataset(data_dir: str, split: str, *, num_frames: int, image_size: int, num_joints: int,
                  batch_size: int, train: bool, seed: int = 0, num_clips: int = 1,
                  flip_perm: Optional[Sequence[int]] = None, crop_scale=(0.7, 1.0),
                  process_index: int = 0, process_count: int = 1, shuffle_buffer: int = 1024,
-                 cache: bool = True, epoch_offset: int = 0) -> tf.data.Dataset:
+                 cache: bool = True, start_position: int = 0,
+                 num_classes: Optional[int] = None) -> tf.data.Dataset:
   """Batched ``tf.data.Dataset`` for one process.
 
-  ``batch_size`` is the per-process batch. Training data repeats forever (reshuffled per epoch
-  from ``seed``); ``epoch_offset`` starts the reshuffling sequence later, for resumed runs.
-  Evaluation data is finite, unshuffled, and its last batch may be smaller.
+  ``batch_size`` is the per-process batch. Training data repeat forever; the stream is a pure
+  function of ``(seed, position)``, and ``start_position`` (= step x per-process batch) starts it
+  where an uninterrupted run would be at that step (exact resume). Evaluation data is finite,
+  unshuffled, and its last batch may be smaller.
   """
   files = split_files(data_dir, split)
   if flip_perm is None:
     flip_perm = list(range(num_joints))
-  ds = tf.data.Dataset.from_tensor_slices(files)
-  if len(files) >= process_count and len(files) % process_count == 0:
-    ds = ds.shard(process_count, process_index)
-    shard_records = False
-  else:
-    shard_records = True
-  ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(len(files), 8)),
-                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  if shard_records:
-    ds = ds.shard(process_count, process_index)
-  if cache:
-    ds = ds.cache()
   if train:
-    # Seeded reshuffle per epoch; example positions stay unique across epochs for stateless RNG.
-    ds = ds.repeat()
-    ds = ds.shuffle(shuffle_buffer, seed=seed + epoch_offset, reshuffle_each_iteration=True)
-  ds = ds.enumerate()
+    ds = _train_records(files, process_index, process_count, seed=seed,
+                        shuffle_buffer=shuffle_buffer, cache=cache,
+                        start_position=start_position)
+  else:
+    local, shard_records = _local_files(files, process_index, process_count)
+    ds = _records(local, process_index, process_count, shard_records)
+    if cache:
+      ds = ds.cache()
+  ds = ds.enumerate(start=start_position if train else 0)
   fn = lambda i, ex: _process(ex, i, num_frames=num_frames, image_size=image_size,
                               num_joints=num_joints, train=train, num_clips=num_clips,
-                              seed=seed + 7919 * epoch_offset, flip_perm=list(flip_perm),
-                              crop_scale=crop_scale)
+                              seed=seed, flip_perm=list(flip_perm), crop_scale=crop_scale,
+                              num_classes=num_classes)
   ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(batch_size, drop_remainder=train)
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def iterate(ds: tf.data.Dataset, batch_size: Optional[int] = None) -> Iterator[dict]:
+class DataError(RuntimeError):
+  """Reading a split failed; the message names the data directory, split and, for damaged
+  shards, the file."""
+
+
+def find_damaged_shards(files: Sequence[str]) -> list:
+  """``(file, error)`` for every shard that cannot be read to its end (truncated or corrupt)."""
+  bad = []
+  for f in files:
+    try:
+      for _ in tf.data.TFRecordDataset(f):
+        pass
+    except tf.errors.OpError as e:
+      bad.append((f, e.message.splitlines()[0]))
+  return bad
+
+
+def _data_error(e: "tf.errors.OpError", data_dir: str, split: str) -> DataError:
+  where = f"{data_dir}, split {split!r}"
+  if isinstance(e, tf.errors.DataLossError):
+    bad = find_damaged_shards(split_files(data_dir, split))
+    files = "; ".join(f"{f}: {m}" for f, m in bad) or "(no shard fails on its own)"
+    return DataError(f"{where}: damaged TFRecord shard(s): {files}. Rebuild the split or "
+                     f"remove the shard (its examples are then missing).")
+  message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", e.message).splitlines()[0]
+  return DataError(f"{where}: bad example: {message}")
+
+
+def iterate(ds: tf.data.Dataset, batch_size: Optional[int] = None,
+            source: Optional[tuple] = None) -> Iterator[dict]:
   """NumPy batches. With ``batch_size``, short batches are zero-padded to it and get a
-  ``mask`` (1 = real example), so every batch has the same shape for the jitted step."""
-  for batch in ds.as_numpy_iterator():
+  ``mask`` (1 = real example), so every batch has the same shape for the jitted step.
+  ``source`` = ``(data_dir, split)`` names the data in errors (damaged shard, bad example)."""
+  it = ds.as_numpy_iterator()
+  while True:
+    try:
+      batch = next(it)
+    except StopIteration:
+      return
+    except tf.errors.OpError as e:
+      if source is None:
+        raise
+      raise _data_error(e, *source) from None
     n = batch["label"].shape[0]
     batch["mask"] = np.ones((n,), np.float32)
     if batch_size is not None and n < batch_size:

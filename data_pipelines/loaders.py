@@ -21,7 +21,8 @@ def _common(config):
   return dict(num_frames=config.model.num_frames, image_size=config.image_size,
               num_joints=config.model.num_joints, batch_size=config.batch_size // pc,
               process_index=jax.process_index(), process_count=pc,
-              cache=config.dataset.cache), flip_permutation(LAYOUTS[layout])
+              cache=config.dataset.cache, num_classes=config.model.num_classes), \
+      flip_permutation(LAYOUTS[layout])
 
 
 def train_iter(config, start_step: int = 0):
@@ -29,12 +30,14 @@ def train_iter(config, start_step: int = 0):
   ds = input_pipeline.make_dataset(
       config.dataset.data_dir, config.dataset.train_split, train=True, seed=config.seed,
       flip_perm=perm, crop_scale=tuple(config.dataset.crop_scale),
-      shuffle_buffer=config.dataset.shuffle_buffer, epoch_offset=start_step, **kw)
-  return input_pipeline.iterate(ds)
+      shuffle_buffer=config.dataset.shuffle_buffer, start_position=start_step * kw["batch_size"],
+      **kw)
+  return input_pipeline.iterate(ds, source=(config.dataset.data_dir, config.dataset.train_split))
 
 
 def eval_iter(config, split: str = None):
   kw, _ = _common(config)
-  ds = input_pipeline.make_dataset(config.dataset.data_dir, split or config.dataset.eval_split,
-                                   train=False, num_clips=config.dataset.eval_clips, **kw)
-  return input_pipeline.iterate(ds, kw["batch_size"])
+  split = split or config.dataset.eval_split
+  ds = input_pipeline.make_dataset(config.dataset.data_dir, split, train=False,
+                                   num_clips=config.dataset.eval_clips, **kw)
+  return input_pipeline.iterate(ds, kw["batch_size"], source=(config.dataset.data_dir, split))

@@ -21,21 +21,32 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and l
 _STOP_AFTER = flags.DEFINE_integer("stop_after", None,
                                    "Leave after this many steps of this run (simulated stop).")
 _EVAL_TEST = flags.DEFINE_bool("eval_test", True, "Evaluate on the test split at the end.")
+_COORD = flags.DEFINE_string("coordinator_address", None,
+                             "Multi-process: host:port of process 0 (see docs/scaling.md).")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
+_PID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   import jax
+  from deform3d.train import distributed
+  how = distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
   from data_pipelines import embedded, loaders
   from deform3d.train import trainer
 
   config = _CONFIG.value
-  if config.dataset.name == "embedded" and jax.process_index() == 0:
-    embedded.ensure(config.dataset.data_dir)
-  print(f"devices: {jax.device_count()} ({jax.devices()[0].platform}), "
-        f"processes: {jax.process_count()}", flush=True)
-  log = lambda s: print(s, flush=True)
+  if config.dataset.name == "embedded":
+    if jax.process_index() == 0:
+      embedded.ensure(config.dataset.data_dir)
+    if jax.process_count() > 1:  # the others wait until process 0 has written the data
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("embedded dataset ready")
+  main_process = jax.process_index() == 0
+  log = (lambda s: print(s, flush=True)) if main_process else (lambda s: None)
+  log(f"devices: {jax.device_count()} ({jax.devices()[0].platform}), "
+      f"processes: {jax.process_count()} ({how})")
   result = trainer.train(config, _WORKDIR.value,
                          make_train_iter=lambda start: loaders.train_iter(config, start),
                          make_eval_iter=lambda: loaders.eval_iter(config),

@@ -180,11 +180,24 @@ def restore_step(trainer: Trainer, mngr: ocp.CheckpointManager, config, step: in
   return restored["state"]
 
 
+class CheckpointWriteError(OSError):
+  """Saving a checkpoint failed (e.g. disk full); earlier checkpoints are intact."""
+
+
 def save(mngr: ocp.CheckpointManager, state: TrainState, config) -> bool:
+  """Saves ``state``; orbax writes to a temporary folder and renames it when complete, so a
+  failed or killed save never replaces or damages an earlier checkpoint."""
   step = int(jax.device_get(state.step))
-  return mngr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(fingerprint(config))),
-      force=True)
+  try:
+    return mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(fingerprint(config))),
+        force=True)
+  except OSError as e:
+    raise CheckpointWriteError(
+        e.errno, f"writing the checkpoint of step {step} to {mngr.directory} failed "
+        f"({os.strerror(e.errno) if e.errno else e}); the last complete checkpoint (step "
+        f"{mngr.latest_step()}) is intact. Free space or move --workdir, then rerun to resume."
+    ) from e
 
 
 def _tee(log: Callable[[str], None], path: str) -> Callable[[str], None]:
@@ -238,11 +251,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   for step in range(start + 1, end + 1):
     batch = shd.global_batch(next(it), mesh)
     state, m = trainer.train_step(state, batch)
-    if step % config.log_every == 0 or step == end:
+    saving = step % config.checkpoint_every == 0 or step == end
+    if step % config.log_every == 0 or step == end or saving:
+      # Checked before every save, so a checkpoint never holds a state past a NaN/inf loss.
       metrics = {k: float(v) for k, v in jax.device_get(m).items()}
-      if not np.isfinite(metrics["loss"]):
-        raise FloatingPointError(f"loss is {metrics['loss']} at step {step}; last good checkpoint "
-                                 f"kept at step {mngr.latest_step()} in {workdir}")
+      if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
+        raise FloatingPointError(
+            f"loss {metrics['loss']} / grad norm {metrics['grad_norm']} at step {step} (checked "
+            f"every {min(config.log_every, config.checkpoint_every)} steps): stopping; last good "
+            f"checkpoint kept at step {mngr.latest_step()} in {workdir}/checkpoints")
+    if step % config.log_every == 0 or step == end:
       losses.append((step, metrics["loss"]))
       rate = (step - s0) / max(time.time() - t0, 1e-9)
       if is_main:
@@ -252,7 +270,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         if writer:
           for k, v in metrics.items():
             writer.add_scalar(f"train/{k}", v, step)
-    if step % config.checkpoint_every == 0 or step == end:
+    if saving:
       save(mngr, state, config)
     if make_eval_iter and config.eval_every and (step % config.eval_every == 0
                                                  or step == config.total_steps):

@@ -1,0 +1,66 @@
+"""Run by test_multihost.py: one process of a 2-process x 4-CPU-device run, or the single-process
+8-device reference fed the same global batches.
+
+  multihost_worker.py multi DATA WORKDIR PROCESS_ID PORT
+  multihost_worker.py single DATA WORKDIR
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+STEPS = 6
+
+
+def config_for(data):
+  from tests.test_train import tiny_config
+  c = tiny_config(data)
+  c.total_steps = STEPS
+  c.log_every = 1
+  c.eval_every = 0
+  c.checkpoint_every = 3
+  return c
+
+
+def main(mode, data, workdir, *rest):
+  from deform3d.train import distributed
+  if mode == "multi":
+    pid, port = int(rest[0]), int(rest[1])
+    how = distributed.initialize(f"localhost:{port}", 2, pid)
+  else:
+    how = distributed.initialize()
+  from data_pipelines import input_pipeline, loaders
+  from data_pipelines.skeletons import COCO17, flip_permutation
+  from deform3d.train import sharding, trainer
+
+  assert jax.device_count() == 8, (how, jax.devices())
+  config = config_for(data)
+  if mode == "multi":
+    assert jax.process_count() == 2 and jax.local_device_count() == 4
+    make_iter = lambda s: loaders.train_iter(config, s)
+  else:
+    # The global batch of the 2-process run: process 0's local batch, then process 1's.
+    def make_iter(start):
+      its = [input_pipeline.iterate(input_pipeline.make_dataset(
+          data, "train", num_frames=config.model.num_frames, image_size=config.image_size,
+          num_joints=config.model.num_joints, batch_size=config.batch_size // 2, train=True,
+          seed=config.seed, flip_perm=flip_permutation(COCO17),
+          crop_scale=tuple(config.dataset.crop_scale), process_index=i, process_count=2,
+          shuffle_buffer=config.dataset.shuffle_buffer, cache=config.dataset.cache,
+          start_position=start * config.batch_size // 2, num_classes=config.model.num_classes))
+          for i in range(2)]
+      while True:
+        parts = [next(it) for it in its]
+        yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  out = trainer.train(config, workdir, make_train_iter=make_iter, mesh=sharding.make_mesh(),
+                      log=lambda s: None)
+  if jax.process_index() == 0:
+    print("LOSSES " + json.dumps([l for _, l in out["losses"]]), flush=True)
+
+
+if __name__ == "__main__":
+  main(*sys.argv[1:])
