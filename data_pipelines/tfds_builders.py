@@ -192,6 +192,11 @@ NTU_BENCHMARKS = {"ntu60_xsub": "xsub60", "ntu60_xview": "xview60", "ntu120_xsub
                   "ntu120_xset": "xset120"}
 
 
+def _ntu_classes(benchmark: str) -> List[str]:
+  """NTU60 benchmarks use actions 1-60, NTU120 all 120 (label = action number - 1)."""
+  return list(ntu.ACTIONS[:60] if benchmark.endswith("60") else ntu.ACTIONS)
+
+
 def _ntu_configs(description: str) -> List[Config]:
   return [Config(name=n, benchmark=b, description=description) for n, b in NTU_BENCHMARKS.items()]
 
@@ -226,8 +231,7 @@ class NtuRgbd(_Builder):
                                   "(any folder layout) under --manual_dir.")
 
   def _classes(self):
-    return list(ntu.ACTIONS[:60] if self.builder_config.benchmark.endswith("60")
-                else ntu.ACTIONS)
+    return _ntu_classes(self.builder_config.benchmark)
 
   def _items(self, manual_dir):
     videos = _ntu_videos(manual_dir)
@@ -267,8 +271,7 @@ class NtuRgbdHrnet(_Builder):
   PYSKL_SPLITS = {"xsub60": "xsub", "xview60": "xview", "xsub120": "xsub", "xset120": "xset"}
 
   def _classes(self):
-    return list(ntu.ACTIONS[:60] if self.builder_config.benchmark.endswith("60")
-                else ntu.ACTIONS)
+    return _ntu_classes(self.builder_config.benchmark)
 
   def _items(self, manual_dir):
     b = self.builder_config.benchmark
