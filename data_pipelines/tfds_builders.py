@@ -1,6 +1,6 @@
 """TFDS builders for the paper's datasets, generated with Apache Beam from the raw files.
 
-Builders (``tfds build`` names) and their configs:
+Builders (TFDS names) and their configs:
 
 | builder | configs | raw files in ``--manual_dir`` |
 | --- | --- | --- |
@@ -15,8 +15,8 @@ that fail (corrupt file, missing video, wrong joint count, label outside the cla
 counted and listed with the reason, which names the file, in ``{split}-skipped.json`` next to
 the shards; they are never dropped silently.
 
-Build with ``python launch/build_dataset.py`` (wraps TFDS, sets the Beam runner and workers) or
-``tfds build data_pipelines/tfds_builders.py`` style CLIs; see docs/datasets.md.
+Build with ``python launch/build_dataset.py`` (wraps ``download_and_prepare``, sets the Beam
+runner and workers); see docs/datasets.md.
 """
 from __future__ import annotations
 
