@@ -6,8 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from deform3d.models import (DeformableAttention3D, DropPath, attention_maps, build_model,
-                             joint_groups)
+from deform3d.models import (DeformableAttention3D, DepthwisePatchConv, DropPath,
+                             MultiHeadAttention, attention_maps, build_model, joint_groups)
 from deform3d.models.deformable import reference_grid
 
 TINY = dict(num_classes=3, num_frames=4, num_joints=5, embed_dim=32, depth=2, num_heads=2,
@@ -78,6 +78,55 @@ def test_attention_maps_are_distributions(rng):
   # Joint importance of the cross token: per frame and head, sums over joints to <= 1.
   imp = np.asarray(maps["block0/joint_attn/joint_importance"])
   assert np.all(imp.sum(-1) <= 1.0 + 1e-5) and np.all(imp > 0)
+
+
+def test_pooled_queries_equal_the_mean_of_query_outputs(rng):
+  """``pool_queries`` averages the weights before the value product: exact, not approximate."""
+  mha = MultiHeadAttention(4)
+  x_q = jnp.asarray(rng.standard_normal((2, 12, 32)), jnp.float32)
+  x_kv = jnp.asarray(rng.standard_normal((2, 7, 32)), jnp.float32)
+  bias = jnp.asarray(rng.standard_normal((2, 4, 12, 7)), jnp.float32)
+  variables = mha.init(jax.random.key(0), x_q, x_kv, bias=bias)
+  full, weights = mha.apply(variables, x_q, x_kv, bias=bias)
+  pooled, pooled_weights = mha.apply(variables, x_q, x_kv, bias=bias, pool_queries=3)
+  assert pooled.shape == (2, 4, 32)
+  ref = np.asarray(full).reshape(2, 4, 3, 32).mean(axis=2)
+  np.testing.assert_allclose(pooled, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+  np.testing.assert_array_equal(pooled_weights, weights)  # per-query weights still returned
+  with pytest.raises(ValueError, match="pool_queries"):
+    mha.apply(variables, x_q, x_kv, pool_queries=5)
+
+
+@pytest.mark.parametrize("strides,shape", [((2, 2, 2), (2, 4, 6, 6)), ((1, 3, 2), (1, 3, 5, 7))])
+def test_grouped_depthwise_conv_equals_the_per_group_view(rng, strides, shape):
+  """``groups=G`` on ``(N, ..., G*c)`` equals the conv on the ``(N*G, ..., c)`` view with the
+  same ``(k, c)`` kernel (how the deformable attention's offset network used to run)."""
+  g, c = 2, 5
+  x = jnp.asarray(rng.standard_normal(shape + (g * c,)), jnp.float32)
+  grouped = DepthwisePatchConv(strides, groups=g)
+  variables = grouped.init(jax.random.key(0), x)
+  variables = jax.tree.map(lambda p: p + jnp.asarray(rng.standard_normal(p.shape), jnp.float32),
+                           variables)
+  out = grouped.apply(variables, x)
+  view = x.reshape(shape + (g, c)).transpose(0, 4, 1, 2, 3, 5).reshape((-1,) + shape[1:] + (c,))
+  ref = DepthwisePatchConv(strides).apply(variables, view)
+  ref = ref.reshape((shape[0], g) + ref.shape[1:]).transpose(0, 2, 3, 4, 1, 5)
+  np.testing.assert_allclose(out, ref.reshape(out.shape), rtol=1e-5, atol=1e-5)
+  # Against an explicit float64 loop over output cells (edge padding included).
+  xn, kern = np.asarray(x, np.float64), np.asarray(variables["params"]["kernel"], np.float64)
+  bias = np.asarray(variables["params"]["bias"], np.float64)
+  pads = [(0, 0)] + [(0, (-n) % s) for n, s in zip(shape[1:], strides)] + [(0, 0)]
+  xp = np.pad(xn, pads, mode="edge")
+  ot, oh, ow = (n // s for n, s in zip(xp.shape[1:4], strides))
+  st, sh, sw = strides
+  expect = np.zeros((shape[0], ot, oh, ow, g * c))
+  for t in range(ot):
+    for h in range(oh):
+      for w in range(ow):
+        patch = xp[:, t * st:(t + 1) * st, h * sh:(h + 1) * sh, w * sw:(w + 1) * sw]
+        patch = patch.reshape(shape[0], -1, g, c)
+        expect[:, t, h, w] = ((patch * kern[None, :, None]).sum(1) + bias).reshape(shape[0], -1)
+  np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-5)
 
 
 def test_joint_groups_cover_each_joint_once():

@@ -18,6 +18,10 @@ class MultiHeadAttention(nn.Module):
   ``mask`` broadcastable to ``(..., heads, Lq, Lk)`` (``True`` = may attend). Returns the output
   ``(..., Lq, C)`` and the attention weights ``(..., heads, Lq, Lk)`` (rows sum to 1, computed in
   float32 before dropout). The weights are also sown into the ``intermediates`` collection.
+
+  ``pool_queries=p`` returns the mean of the outputs of every ``p`` consecutive queries,
+  ``(..., Lq / p, C)``. It is computed exactly, by averaging the (dropped-out) weights before the
+  value product and the output projection, which are linear: ``p`` times less work there.
   """
   num_heads: int
   out_dim: Optional[int] = None
@@ -26,18 +30,31 @@ class MultiHeadAttention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_q, x_kv, *, bias=None, mask=None, deterministic: bool = True):
+  def __call__(self, x_q, x_kv, *, bias=None, mask=None, pool_queries: int = 1,
+               deterministic: bool = True):
     out_dim = self.out_dim or x_q.shape[-1]
     if out_dim % self.num_heads:
       raise ValueError(f"MultiHeadAttention: width {out_dim} is not divisible by "
                        f"num_heads={self.num_heads}")
     head_dim = out_dim // self.num_heads
     dense = lambda name: nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype, name=name)
-    q = dense("query")(x_q)
-    k = dense("key")(x_kv)
-    v = dense("value")(x_kv)
-    logits = jnp.einsum("...qhd,...khd->...hqk", q, k,
+    lead_q, lead_kv = x_q.shape[:-2], x_kv.shape[:-2]
+    lead = jnp.broadcast_shapes(lead_q, lead_kv)
+    lq, lk, h = x_q.shape[-2], x_kv.shape[-2], self.num_heads
+
+    def heads_first(x, length):
+      """``(..., L, H, D)`` -> ``(prod(lead) * H, L, D)``: one batch axis, heads before the
+      sequence; XLA:CPU runs these small batched matmuls several times faster than the
+      many-batch-axis einsum (docs/performance.md)."""
+      x = jnp.broadcast_to(x, lead + x.shape[-3:])
+      return jnp.moveaxis(x, -2, -3).reshape(-1, length, head_dim)
+
+    q = heads_first(dense("query")(x_q), lq)
+    k = heads_first(dense("key")(x_kv), lk)
+    v = heads_first(dense("value")(x_kv), lk)
+    logits = jnp.einsum("bqd,bkd->bqk", q, k,
                         preferred_element_type=jnp.float32) * (head_dim ** -0.5)
+    logits = logits.reshape(lead + (h, lq, lk))
     if bias is not None:
       logits = logits + bias.astype(jnp.float32)
     if mask is not None:
@@ -45,7 +62,14 @@ class MultiHeadAttention(nn.Module):
     weights = jax.nn.softmax(logits, axis=-1)
     self.sow("intermediates", "attention", weights)
     dropped = nn.Dropout(self.attn_dropout)(weights, deterministic=deterministic)
-    out = jnp.einsum("...hqk,...khd->...qhd", dropped.astype(self.dtype), v)
+    if pool_queries > 1:
+      if lq % pool_queries:
+        raise ValueError(f"MultiHeadAttention: {lq} queries are not divisible by "
+                         f"pool_queries={pool_queries}")
+      lq //= pool_queries
+      dropped = dropped.reshape(lead + (h, lq, pool_queries, lk)).mean(axis=-2)
+    out = jnp.einsum("bqk,bkd->bqd", dropped.astype(self.dtype).reshape(-1, lq, lk), v)
+    out = jnp.moveaxis(out.reshape(lead + (h, lq, head_dim)), -3, -2)  # (..., Lq, H, D)
     out = nn.DenseGeneral(out_dim, axis=(-2, -1), dtype=self.dtype, name="out")(out)
     out = nn.Dropout(self.proj_dropout)(out, deterministic=deterministic)
     return out, weights

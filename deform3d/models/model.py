@@ -56,10 +56,11 @@ class Deform3DBlock(nn.Module):
                                 offset_strides=self.offset_strides,
                                 offset_range_factor=self.offset_range_factor, name="cross_attn",
                                 **kw)(q, pos.reshape(b, t * n, 3), volume,
-                                      deterministic=deterministic)
+                                      pool_queries=n, deterministic=deterministic)
       # The frame's cross-attention token: mean of the outputs of its cross and joint queries
-      # (each joint query looks around its own location). Joint tokens stay pose tokens.
-      y = y.reshape(b, t, n, -1).mean(axis=2, keepdims=True)
+      # (each joint query looks around its own location), pooled inside the attention.
+      # Joint tokens stay pose tokens.
+      y = y.reshape(b, t, 1, -1)
       y = drop("drop_cross")(y, deterministic=deterministic)
       z = jnp.concatenate([z[:, :, :1] + y, z[:, :, 1:]], axis=2)
     y = JointStrideAttention(self.num_heads, window=self.joint_window, stride=self.joint_stride,
