@@ -1,12 +1,23 @@
 """Benchmarks, side by side in one run: ``python launch/benchmark.py [--out results.json]``.
 
-Currently the trilinear sampler alone: forward and forward+backward step time of
-``grid_sample_3d`` with each ``backward`` variant (autodiff scatter-add, one-hot matmul, sorted
-segment sum) next to ``torch.nn.functional.grid_sample`` on the same shapes (when torch is
-installed), plus JAX compile times. Ratios within one run are the meaningful numbers on CPU;
-absolute times only on an accelerator. Needs no TensorFlow.
+Two suites (``--suite model|sampler|all``):
+
+* ``model``: the full ``Deform3DTransformer``, forward (eval) and forward+backward (cross-entropy
+  and all parameter gradients) at several sizes and dtypes, next to the PyTorch reference
+  implementation of the same model (``launch/torch_reference.py``, loaded with the same
+  parameters; ``tests/test_torch_reference.py`` checks equal logits and gradients). Reports
+  step time, clips/s, JAX compile time, peak memory and the JAX-over-torch speedup.
+* ``sampler``: ``grid_sample_3d`` alone with each ``backward`` variant (autodiff scatter-add,
+  one-hot matmul, sorted segment sum) next to ``torch.nn.functional.grid_sample``.
+
+Peak memory is, on CPU, the rise of the process's peak resident set over one step (Linux
+``/proc/self/status`` VmHWM after resetting it), the same measure for both frameworks; on an
+accelerator, JAX's ``peak_bytes_in_use`` (and torch.cuda's max allocated) after resetting.
+Ratios within one run are the meaningful numbers on CPU; absolute times only on an
+accelerator. Needs no TensorFlow; torch is optional (its rows are skipped without it).
 """
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -14,6 +25,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # torch_reference
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -81,27 +93,270 @@ def bench_sampler(repeats):
   return rows
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--repeats", type=int, default=20)
-  parser.add_argument("--out", default=None, help="write the rows and device info as JSON")
-  args = parser.parse_args()
-  info = {"device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
-          "jax": jax.__version__, "python": platform.python_version(),
-          "cpu_count": os.cpu_count()}
-  print(f"# {info}", flush=True)
-  rows = bench_sampler(args.repeats)
+# Full model: (name, model overrides, batch, image size). "embedded" is configs/embedded.py's
+# model; "medium" doubles time, resolution and width; "paper" is the paper datasets' configs
+# (configs/common.py paper_dataset_config) at a CPU-sized batch.
+MODEL_SIZES = [
+    ("embedded", dict(num_classes=10, num_frames=8, num_joints=17), 32, 48),
+    ("medium", dict(num_classes=60, num_frames=16, num_joints=17, embed_dim=128), 8, 96),
+    ("paper", dict(num_classes=60, num_frames=32, num_joints=17, embed_dim=256, depth=8,
+                   num_heads=8, stem_strides=(8, 2), stem_temporal_stride=2, joint_window=5,
+                   joint_strides=(1, 2, 1, 2, 1, 2, 1, 2),
+                   temporal_strides=(1, 1, 2, 1, 1, 2, 1, 1)), 2, 224),
+]
+DTYPES = ("float32", "bfloat16")
+
+
+def _proc_status(field):
+  try:
+    with open("/proc/self/status") as fh:
+      for line in fh:
+        if line.startswith(field + ":"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
+def peak_memory(fn, device=None):
+  """Bytes by which one call of ``fn`` raises the peak memory (see the module docstring)."""
+  if device is not None and device.platform != "cpu":
+    stats = device.memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+      before = stats.get("bytes_in_use", 0)
+      fn()
+      return device.memory_stats()["peak_bytes_in_use"] - before  # peak since start: upper bound
+  try:
+    with open("/proc/self/clear_refs", "w") as fh:
+      fh.write("5")  # resets VmHWM to the current RSS
+  except OSError:
+    return None
+  before = _proc_status("VmRSS")
+  fn()
+  peak = _proc_status("VmHWM")
+  return None if before is None or peak is None else max(peak - before, 0)
+
+
+def _median_time(fn, repeats):
+  fn()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
+def _model_inputs(model, batch, image_size, seed=0):
+  rng = np.random.default_rng(seed)
+  frames = rng.standard_normal((batch, model.num_frames, image_size, image_size, 3))
+  keypoints = rng.uniform(-1, 1, (batch, model.num_frames, model.num_joints, 3))
+  keypoints[..., 2] = np.abs(keypoints[..., 2])
+  labels = rng.integers(0, model.num_classes, batch)
+  return frames.astype(np.float32), keypoints.astype(np.float32), labels
+
+
+def _trim():
+  """Returns freed heap pages to the OS (glibc), so the peak-RSS rise of the next step counts
+  its own allocations rather than reusing memory freed by earlier ones."""
+  try:
+    import ctypes
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):
+    pass
+
+
+def _build(overrides, dtype, batch, image_size):
+  from deform3d.models import build_model
+  # Dropout and drop path off: the two implementations then run the same computation.
+  model = build_model({**overrides, "dtype": dtype, "drop_path": 0.0, "dropout": 0.0,
+                       "attn_dropout": 0.0})
+  frames, keypoints, labels = _model_inputs(model, batch, image_size)
+  params = jax.jit(model.init)(jax.random.key(0), frames[:1], keypoints[:1])["params"]
+  label = (f"{overrides.get('_name', '')}B={batch} T={model.num_frames} {image_size}px "
+           f"C={model.embed_dim} L={model.depth} {dtype}")
+  return model, params, (frames, keypoints, labels), label
+
+
+def _bench_jax(model, params, data, repeats):
+  import optax
+  frames, keypoints, labels = data
+
+  def loss_fn(p, f, k, y):
+    logits = model.apply({"params": p}, f, k, train=True)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  fwd = jax.jit(lambda p, f, k: model.apply({"params": p}, f, k))
+  step = jax.jit(jax.value_and_grad(loss_fn))
+  xs = [jax.device_put(x) for x in (frames, keypoints, labels)]
+  t = time.perf_counter()
+  compiled = step.lower(params, *xs).compile()
+  compile_s = time.perf_counter() - t
+  t = time.perf_counter()
+  fwd_compiled = fwd.lower(params, *xs[:2]).compile()
+  compile_fwd_s = time.perf_counter() - t
+  run_fwd = lambda: jax.block_until_ready(fwd_compiled(params, *xs[:2]))
+  run_step = lambda: jax.block_until_ready(compiled(params, *xs))
+  row = {"impl": "jax", "fwd_ms": 1e3 * _median_time(run_fwd, repeats),
+         "fwd_bwd_ms": 1e3 * _median_time(run_step, repeats),
+         "compile_s": compile_s, "compile_fwd_s": compile_fwd_s}
+  _trim()
+  row["peak_mem_mb"] = _mb(peak_memory(run_step, jax.devices()[0]))
+  try:
+    row["xla_temp_mb"] = _mb(compiled.memory_analysis().temp_size_in_bytes)
+  except Exception:  # not every backend reports it
+    pass
+  return [row]
+
+
+def _bench_torch(model, params, data, dtype, repeats, torch_compile):
+  import torch
+  import torch_reference
+  frames, keypoints, labels = data
+  cfg = torch_reference.model_fields(model)
+  tp = torch_reference.params_from_flax(jax.device_get(params), requires_grad=True)
+  tf_, tk, ty = torch.tensor(frames), torch.tensor(keypoints), torch.tensor(labels)
+  autocast = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bfloat16"
+              else contextlib.nullcontext)
+  variants = [("torch", torch_reference.forward)]
+  if torch_compile:
+    variants.append(("torch.compile", torch.compile(torch_reference.forward)))
+  rows = []
+  for impl, forward in variants:
+    def t_fwd(forward=forward):
+      with torch.no_grad(), autocast():
+        forward(tp, tf_, tk, cfg)
+
+    def t_step(forward=forward):
+      for v in _leaves(tp):
+        v.grad = None
+      with autocast():
+        loss = torch.nn.functional.cross_entropy(forward(tp, tf_, tk, cfg, train=True), ty)
+      loss.backward()
+
+    t = time.perf_counter()
+    t_step()
+    first_s = time.perf_counter() - t
+    row = {"impl": impl, "fwd_ms": 1e3 * _median_time(t_fwd, repeats),
+           "fwd_bwd_ms": 1e3 * _median_time(t_step, repeats),
+           "compile_s": first_s if impl == "torch.compile" else 0.0}
+    _trim()
+    row["peak_mem_mb"] = _mb(peak_memory(t_step))
+    rows.append(row)
+  return rows
+
+
+def bench_model(repeats, sizes=None, dtypes=DTYPES, torch_compile=False, log=print):
+  """Rows of the full-model suite (one per size x dtype x implementation). Every JAX row is
+  measured before any torch row, so torch's worker threads cannot slow JAX's timings."""
+  try:
+    import torch  # noqa: F401
+    import torch_reference  # noqa: F401
+    impls = ("jax", "torch")
+  except ImportError:
+    impls = ("jax",)
+  cases = [(name, overrides, batch, image_size, dtype)
+           for name, overrides, batch, image_size in sizes or MODEL_SIZES for dtype in dtypes]
+  rows = []
+  for impl in impls:
+    for i, (name, overrides, batch, image_size, dtype) in enumerate(cases):
+      model, params, data, label = _build(overrides, dtype, batch, image_size)
+      label = f"{name} {label}"
+      new = (_bench_jax(model, params, data, repeats) if impl == "jax" else
+             _bench_torch(model, params, data, dtype, repeats, torch_compile))
+      for r in new:
+        r.update(size=name, label=label, dtype=dtype, batch=batch)
+        rows.append(r)
+        log(f"[{len(rows)}] " + _row_line(r))
+  jax_rows = {(r["size"], r["dtype"]): r for r in rows if r["impl"] == "jax"}
+  for r in rows:
+    base = jax_rows[(r["size"], r["dtype"])]
+    r["clips_per_s_fwd_bwd"] = r["batch"] / (r["fwd_bwd_ms"] / 1e3)
+    r["fwd_bwd_speedup_of_jax"] = r["fwd_bwd_ms"] / base["fwd_bwd_ms"]
+    r["fwd_speedup_of_jax"] = r["fwd_ms"] / base["fwd_ms"]
+  order = {(c[0], c[4]): i for i, c in enumerate(cases)}
+  return sorted(rows, key=lambda r: (order[(r["size"], r["dtype"])], r["impl"]))
+
+
+def _leaves(tree):
+  if isinstance(tree, dict):
+    for v in tree.values():
+      yield from _leaves(v)
+  else:
+    yield tree
+
+
+def _mb(n):
+  return None if n is None else n / 2**20
+
+
+def _row_line(r):
+  mem = "-" if r.get("peak_mem_mb") is None else f"{r['peak_mem_mb']:.0f}"
+  return (f"{r['label']:48} {r['impl']:14} fwd {r['fwd_ms']:9.2f} ms  fwd+bwd "
+          f"{r['fwd_bwd_ms']:9.2f} ms  compile {r['compile_s']:6.1f} s  peak +{mem} MB")
+
+
+def print_model_table(rows):
+  print(f"\n{'model size / dtype':48} {'impl':14} {'fwd ms':>9} {'fwd+bwd ms':>11} "
+        f"{'clips/s':>8} {'jax speedup':>12} {'compile s':>10} {'peak MB':>8}")
+  print("(jax speedup = this row's time / jax's time, fwd+bwd; > 1 means jax is faster)")
+  for r in rows:
+    mem = "-" if r.get("peak_mem_mb") is None else f"{r['peak_mem_mb']:.0f}"
+    print(f"{r['label']:48} {r['impl']:14} {r['fwd_ms']:9.2f} {r['fwd_bwd_ms']:11.2f} "
+          f"{r['clips_per_s_fwd_bwd']:8.1f} {r['fwd_bwd_speedup_of_jax']:11.2f}x "
+          f"{r['compile_s']:10.1f} {mem:>8}", flush=True)
+
+
+def print_sampler_table(rows):
   base = {r["size"]: r for r in rows if r["impl"] == "jax/autodiff"}
-  print(f"{'size':18} {'impl':20} {'fwd ms':>9} {'fwd+bwd ms':>11} {'vs autodiff':>12} "
+  print(f"\n{'size':18} {'impl':20} {'fwd ms':>9} {'fwd+bwd ms':>11} {'vs autodiff':>12} "
         f"{'compile s':>10}")
   for r in rows:
     ratio = r["fwd_bwd_ms"] / base[r["size"]]["fwd_bwd_ms"]
     r["fwd_bwd_vs_autodiff"] = ratio
     print(f"{r['size']:18} {r['impl']:20} {r['fwd_ms']:9.3f} {r['fwd_bwd_ms']:11.3f} "
           f"{ratio:11.2f}x {r['compile_s']:10.2f}", flush=True)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--suite", choices=("all", "model", "sampler"), default="all")
+  parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--sizes", default=None,
+                      help=f"comma list of model sizes (default all: "
+                           f"{','.join(s[0] for s in MODEL_SIZES)})")
+  parser.add_argument("--dtypes", default=",".join(DTYPES))
+  parser.add_argument("--torch_compile", action="store_true",
+                      help="also time torch.compile of the reference (needs a C++ compiler)")
+  parser.add_argument("--out", default=None, help="write the rows and device info as JSON")
+  args = parser.parse_args()
+  info = {"device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
+          "jax": jax.__version__, "python": platform.python_version(),
+          "cpu_count": os.cpu_count()}
+  try:
+    import torch
+    info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+  except ImportError:
+    pass
+  print(f"# {info}", flush=True)
+  result = {"info": info}
+  if args.suite in ("all", "model"):
+    sizes = MODEL_SIZES
+    if args.sizes:
+      known = {s[0]: s for s in MODEL_SIZES}
+      bad = sorted(set(args.sizes.split(",")) - set(known))
+      if bad:
+        parser.error(f"--sizes {bad} unknown; choose from {sorted(known)}")
+      sizes = [known[n] for n in args.sizes.split(",")]
+    result["model"] = bench_model(args.repeats, sizes, args.dtypes.split(","),
+                                  args.torch_compile)
+    print_model_table(result["model"])
+  if args.suite in ("all", "sampler"):
+    result["sampler"] = bench_sampler(args.repeats)
+    print_sampler_table(result["sampler"])
   if args.out:
     with open(args.out, "w") as fh:
-      json.dump({"info": info, "sampler": rows}, fh, indent=1)
+      json.dump(result, fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,279 @@
+"""A PyTorch reference implementation of ``Deform3DTransformer``, for the benchmark.
+
+Written independently of the Flax code from its definition (docs/model.md): same layers, same
+shapes, same FLOPs, and the same parameter tree, so ``params_from_flax`` loads a Flax
+checkpoint and ``tests/test_torch_reference.py`` checks that both give the same logits and
+gradients. The trilinear sampling is ``torch.nn.functional.grid_sample`` on 5-D input.
+
+Functional style: ``forward(params, frames, keypoints, cfg, train=...)`` where ``params`` is a
+nested dict of tensors named like the Flax tree and ``cfg`` holds the model's fields. Only
+``launch/benchmark.py`` and the tests import this file; the package never imports torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+_NEG_INF = -1e9
+
+
+def model_fields(model) -> dict:
+  """The Flax module's fields as a plain dict (``cfg`` of ``forward``)."""
+  return {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+          if f.name not in ("parent", "name")}
+
+
+def params_from_flax(params, requires_grad: bool = False) -> dict:
+  """Flax param tree (NumPy/JAX arrays) -> the same nested dict of float32 torch tensors."""
+  if isinstance(params, Mapping):
+    return {k: params_from_flax(v, requires_grad) for k, v in params.items()}
+  t = torch.tensor(np.asarray(params, dtype=np.float32))
+  return t.requires_grad_(requires_grad)
+
+
+# -- pieces -----------------------------------------------------------------------------------
+def dense(p, x):
+  """Flax ``Dense``/``DenseGeneral`` with kernel ``(in..., out...)``: contracts x's last axes
+  with the kernel's leading ones."""
+  k = p["kernel"]
+  return _dense_general(x, k, p.get("bias"), 1)
+
+
+def _dense_general(x, kernel, bias, n_in):
+  in_shape, out_shape = kernel.shape[:n_in], kernel.shape[n_in:]
+  lead = x.shape[:x.dim() - n_in]
+  y = x.reshape(-1, math.prod(in_shape)) @ kernel.reshape(math.prod(in_shape), -1)
+  if bias is not None:
+    y = y + bias.reshape(-1)
+  return y.reshape(lead + out_shape)
+
+
+def layer_norm(p, x):
+  return F.layer_norm(x, x.shape[-1:], p["scale"], p["bias"], eps=1e-6)
+
+
+def gelu(x):
+  return F.gelu(x, approximate="tanh")  # flax.linen.gelu's default
+
+
+def mha(p, x_q, x_kv, num_heads, bias=None, mask=None):
+  """Multi-head attention over arbitrary leading axes; ``mask`` True = may attend."""
+  q = dense(p["query"], x_q)    # (..., Lq, H, D)
+  k = dense(p["key"], x_kv)
+  v = dense(p["value"], x_kv)
+  head_dim = q.shape[-1]
+  logits = torch.einsum("...qhd,...khd->...hqk", q, k) * head_dim ** -0.5
+  if bias is not None:
+    logits = logits + bias
+  if mask is not None:
+    logits = logits.masked_fill(~mask, _NEG_INF)
+  weights = torch.softmax(logits.float(), dim=-1).to(v.dtype)
+  out = torch.einsum("...hqk,...khd->...qhd", weights, v)
+  return _dense_general(out, p["out"]["kernel"], p["out"]["bias"], 2)
+
+
+def drop_path(x, rate, train):
+  if not train or rate == 0.0:
+    return x
+  keep = 1.0 - rate
+  mask = (torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device) < keep)
+  return torch.where(mask, x / keep, torch.zeros_like(x))
+
+
+def pad_frames(x, multiple):
+  pad = (-x.shape[1]) % multiple
+  if not pad:
+    return x
+  return torch.cat([x, x[:, -1:].repeat_interleave(pad, dim=1)], dim=1)
+
+
+def temporal_pool(x, stride):
+  if stride == 1:
+    return x
+  x = pad_frames(x, stride)
+  return x.reshape((x.shape[0], x.shape[1] // stride, stride) + x.shape[2:]).mean(dim=2)
+
+
+def patchify(x, pt, ph, pw):
+  b, t, h, w, c = x.shape
+  x = x.reshape(b, t // pt, pt, h // ph, ph, w // pw, pw, c).permute(0, 1, 3, 5, 2, 4, 6, 7)
+  return x.reshape(b, t // pt, h // ph, w // pw, pt * ph * pw * c)
+
+
+def joint_groups(num_joints, window, stride):
+  """``(groups, window)`` joint indices, ``-1`` = padding: blocks of ``window * stride`` joints,
+  group ``r`` of a block takes its joints ``r, r + stride, ...`` (docs/model.md)."""
+  span = window * stride
+  rows = []
+  for start in range(0, num_joints, span):
+    for r in range(stride):
+      row = [start + r + k * stride for k in range(window)]
+      row = [x if x < num_joints else -1 for x in row]
+      if any(x >= 0 for x in row):
+        rows.append(row)
+  return np.array(rows, dtype=np.int64)
+
+
+def cell_centres(n, device=None):
+  return (torch.arange(n, dtype=torch.float32, device=device) + 0.5) / n * 2.0 - 1.0
+
+
+# -- modules ----------------------------------------------------------------------------------
+def rgb_stem(p, frames, cfg):
+  s1, s2 = cfg["stem_strides"]
+  x = gelu(layer_norm(p["norm1"], dense(p["conv1"], patchify(frames, 1, s1, s1))))
+  x = layer_norm(p["norm2"], dense(p["conv2"], patchify(x, cfg["stem_temporal_stride"], s2, s2)))
+  return x + (p["pos_t"] + p["pos_h"] + p["pos_w"])
+
+
+def pose_features(kp):
+  xy = kp[..., :2]
+  present = (kp[..., 2:3] > 0).to(kp.dtype) if kp.shape[-1] > 2 else torch.ones_like(xy[..., :1])
+  count = present.sum(dim=2, keepdim=True).clamp_min(1.0)
+  centre = (xy * present).sum(dim=2, keepdim=True) / count
+  rel = (xy - centre) * present
+  motion = torch.cat([torch.zeros_like(rel[:, :1]), rel[:, 1:] - rel[:, :-1]], dim=1)
+  prev = torch.cat([torch.zeros_like(present[:, :1]), present[:, :-1]], dim=1)
+  return torch.cat([kp, rel, motion * present * prev], dim=-1)
+
+
+def pose_embed(p, keypoints, b, cfg):
+  tokens = (p["joint_embed"][None] + p["time_embed"]).expand((b,) + p["time_embed"].shape[:1]
+                                                             + p["joint_embed"].shape)
+  if cfg["use_pose"]:
+    x = temporal_pool(pose_features(keypoints.float()), cfg["stem_temporal_stride"])
+    tokens = tokens + dense(p["coord_fc2"], gelu(dense(p["coord_fc1"], x)))
+  return tokens
+
+
+def deformable_attention(p, queries, query_pos, volume, cfg):
+  b, t, h, w, c = volume.shape
+  g, heads = cfg["num_groups"], cfg["num_heads"]
+  cg = c // g
+  volume = layer_norm(p["volume_norm"], volume)
+  group = lambda x: x.reshape(b, t, h, w, g, cg).permute(0, 4, 1, 2, 3, 5).reshape(b * g, t, h, w, cg)
+  off_in = group(dense(p["offset_proj"], volume))
+  st, sh, sw = cfg["offset_strides"]
+  pads = [(-n) % s for n, s in zip((t, h, w), (st, sh, sw))]
+  if any(pads):  # edge padding of T, H, W (channels-last): replicate on a channels-first view
+    off_in = F.pad(off_in.permute(0, 4, 1, 2, 3), (0, pads[2], 0, pads[1], 0, pads[0]),
+                   mode="replicate").permute(0, 2, 3, 4, 1)
+  patches = patchify(off_in, st, sh, sw)
+  patches = patches.reshape(patches.shape[:-1] + (st * sh * sw, cg))
+  dw = p["offset_dwconv"]
+  off = (patches * dw["kernel"]).sum(dim=-2) + dw["bias"]
+  off = gelu(layer_norm(p["offset_norm"], off))
+  off = dense(p["offset_out"], off.float())                         # (B*G, Ts, Hs, Ws, 3)
+  ts, hs, ws = off.shape[1:4]
+  zz, yy, xx = torch.meshgrid(cell_centres(ts), cell_centres(hs), cell_centres(ws), indexing="ij")
+  ref = torch.stack([xx, yy, zz], dim=-1)
+  rng = cfg["offset_range_factor"] * 2.0 / torch.tensor([ws, hs, ts], dtype=torch.float32)
+  pos = (ref[None] + torch.tanh(off) * rng).clamp(-1.0, 1.0)
+  grouped = group(volume).permute(0, 4, 1, 2, 3)                    # (B*G, Cg, T, H, W)
+  sampled = F.grid_sample(grouped, pos.to(grouped.dtype), mode="bilinear", padding_mode="zeros",
+                          align_corners=False)                      # (B*G, Cg, Ts, Hs, Ws)
+  ns = ts * hs * ws
+  sampled = sampled.reshape(b, g, cg, ns).permute(0, 3, 1, 2).reshape(b, ns, c)
+  points = pos.reshape(b, g, ns, 3)
+  fc1 = p["rpb_fc1"]
+  hq = query_pos.float() @ fc1["kernel"] + fc1["bias"]              # (B, Q, hid)
+  hp = points @ fc1["kernel"]                                       # (B, G, Ns, hid)
+  hidden = torch.relu(hq[:, None, :, None, :] - hp[:, :, None, :, :])
+  bias = dense(p["rpb_fc2"], hidden.to(queries.dtype))              # (B, G, Q, Ns, H/G)
+  q_len = queries.shape[1]
+  bias = bias.permute(0, 1, 4, 2, 3).reshape(b, heads, q_len, ns)
+  return mha(p["attn"], queries, sampled, heads, bias=bias.float())
+
+
+def joint_stride_attention(p, z, cfg, stride, idx):
+  b, t, n, c = z.shape
+  j = n - 1
+  ng, w = idx.shape
+  safe = torch.as_tensor(np.maximum(idx, 0).reshape(-1))
+  grouped = z[:, :, 1:].index_select(2, safe).reshape(b, t, ng, w, c)
+  cross = z[:, :, None, :1].expand(b, t, ng, 1, c)
+  tokens = torch.cat([cross, grouped], dim=3)
+  valid = np.concatenate([np.ones((ng, 1), bool), idx >= 0], axis=1)
+  mask = torch.as_tensor(valid[:, None, None, :])
+  out = mha(p["attn"], tokens, tokens, cfg["num_heads"], mask=mask)
+  new_cross = out[:, :, :, 0].mean(dim=2, keepdim=True)
+  onehot = torch.as_tensor(idx[..., None] == np.arange(j), dtype=out.dtype)
+  new_joints = torch.einsum("btgwc,gwj->btjc", out[:, :, :, 1:], onehot)
+  return torch.cat([new_cross, new_joints], dim=2)
+
+
+def temporal_stride_attention(p, z, cfg):
+  b, t, n, c = z.shape
+  w = min(cfg["temporal_window"], t)
+  pad = (-t) % w
+  x = z.permute(0, 2, 1, 3)
+  if pad:
+    x = F.pad(x, (0, 0, 0, pad))
+  nw = (t + pad) // w
+  x = x.reshape(b, n, nw, w, c)
+  mask = torch.as_tensor((np.arange(t + pad) < t).reshape(nw, 1, 1, w))
+  out = mha(p["attn"], x, x, cfg["num_heads"], mask=mask)
+  return out.reshape(b, n, t + pad, c)[:, :, :t].permute(0, 2, 1, 3)
+
+
+def temporal_merge(p, z, pos, stride):
+  if stride == 1:
+    return z, pos
+  b, t, n, c = z.shape
+  z, pos = pad_frames(z, stride), pad_frames(pos, stride)
+  t2 = z.shape[1] // stride
+  z = z.reshape(b, t2, stride, n, c).permute(0, 1, 3, 2, 4).reshape(b, t2, n, stride * c)
+  z = dense(p["reduce"], layer_norm(p["norm"], z))
+  return z, pos.reshape(b, t2, stride, n, 3).mean(dim=2)
+
+
+def block(p, z, pos, volume, cfg, i, train, groups):
+  rate = cfg["drop_path"] * i / max(cfg["depth"] - 1, 1)
+  res = lambda name, y: drop_path(y * p[f"{name}_scale"] if cfg["layer_scale"] else y, rate, train)
+  b, t, n, c = z.shape
+  if volume is not None:
+    q = layer_norm(p["norm_cross"], z).reshape(b, t * n, c)
+    y = deformable_attention(p["cross_attn"], q, pos.reshape(b, t * n, 3), volume, cfg)
+    y = res("drop_cross", y.reshape(b, t, n, -1).mean(dim=2, keepdim=True))
+    z = torch.cat([z[:, :, :1] + y, z[:, :, 1:]], dim=2)
+  y = joint_stride_attention(p["joint_attn"], layer_norm(p["norm_joint"], z), cfg,
+                             cfg["joint_strides"][i], groups)
+  z = z + res("drop_joint", y)
+  y = temporal_stride_attention(p["temporal_attn"], layer_norm(p["norm_temporal"], z), cfg)
+  z = z + res("drop_temporal", y)
+  z, pos = temporal_merge(p.get("temporal_merge"), z, pos, cfg["temporal_strides"][i])
+  y = dense(p["mlp"]["fc2"], gelu(dense(p["mlp"]["fc1"], layer_norm(p["norm_mlp"], z))))
+  return z + res("drop_mlp", y), pos
+
+
+def forward(params, frames, keypoints, cfg, train: bool = False):
+  """Logits ``(B, num_classes)``; the same computation as ``Deform3DTransformer.apply``
+  (dropout rates must be 0; drop path is applied when ``train``)."""
+  if cfg["dropout"] or cfg["attn_dropout"]:
+    raise ValueError("torch_reference: dropout and attn_dropout must be 0 (the reference "
+                     "implements drop path only)")
+  b = keypoints.shape[0]
+  volume = rgb_stem(params["rgb_stem"], frames, cfg) if cfg["use_rgb"] else None
+  tokens = pose_embed(params["pose_embed"], keypoints, b, cfg)
+  t, j, c = tokens.shape[1], cfg["num_joints"], cfg["embed_dim"]
+  cross = params["cross_token"].expand(b, t, 1, c)
+  if volume is not None:
+    pooled = torch.cat([volume.mean(dim=(2, 3)), volume.amax(dim=(2, 3))], dim=-1)
+    cross = cross + dense(params["cross_init"], pooled)[:, :, None]
+  z = torch.cat([cross, tokens], dim=2)
+  time = cell_centres(t)[None, :, None, None].expand(b, t, 1 + j, 1)
+  xy = torch.zeros((b, t, 1 + j, 2))
+  if cfg["use_pose"]:
+    joints_xy = temporal_pool(keypoints[..., :2].float(), cfg["stem_temporal_stride"])
+    xy = torch.cat([xy[:, :, :1], joints_xy.clamp(-1.0, 1.0)], dim=2)
+  pos = torch.cat([xy, time], dim=-1)
+  for i in range(cfg["depth"]):
+    groups = joint_groups(j, min(cfg["joint_window"], j), cfg["joint_strides"][i])
+    z, pos = block(params[f"block{i}"], z, pos, volume, cfg, i, train, groups)
+  cls = layer_norm(params["norm_out"], z[:, :, 0].mean(dim=1))
+  return dense(params["head"], cls.float())

@@ -1,0 +1,93 @@
+"""The PyTorch reference model of the benchmark computes what the Flax model computes."""
+import os
+import sys
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+torch = pytest.importorskip("torch")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "launch"))
+
+import torch_reference  # noqa: E402
+from deform3d.models import build_model, joint_groups  # noqa: E402
+
+CONFIGS = [
+    # The embedded config's model.
+    dict(num_classes=10, num_frames=8, num_joints=17, drop_path=0.0),
+    # Temporal stem stride, a partial joint group, odd offset strides (edge padding), merges.
+    dict(num_classes=5, num_frames=6, num_joints=13, embed_dim=32, depth=3, num_heads=4,
+         stem_temporal_stride=2, joint_window=5, joint_strides=(1, 2, 1),
+         temporal_strides=(1, 2, 1), temporal_window=2, offset_strides=(2, 3, 3), drop_path=0.0),
+    # Pose-only and RGB-only ablations.
+    dict(num_classes=4, num_frames=4, num_joints=5, embed_dim=32, depth=2, num_heads=2,
+         joint_window=3, joint_strides=(1, 2), temporal_strides=(1, 2), use_rgb=False,
+         drop_path=0.0),
+    dict(num_classes=4, num_frames=4, num_joints=5, embed_dim=32, depth=2, num_heads=2,
+         joint_window=3, joint_strides=(1, 2), temporal_strides=(1, 2), use_pose=False,
+         drop_path=0.0),
+]
+
+
+@pytest.mark.parametrize("num_joints,window,stride", [(17, 4, 1), (17, 4, 2), (13, 5, 2),
+                                                      (25, 5, 2), (5, 3, 2), (3, 4, 1)])
+def test_joint_groups_are_the_same_table(num_joints, window, stride):
+  np.testing.assert_array_equal(torch_reference.joint_groups(num_joints, window, stride),
+                                joint_groups(num_joints, window, stride))
+
+
+@pytest.mark.parametrize("overrides", CONFIGS)
+def test_same_logits_and_gradients_as_flax(rng, overrides):
+  model = build_model(overrides)
+  b, t, j = 3, model.num_frames, model.num_joints
+  frames = rng.standard_normal((b, t, 48, 48, 3)).astype(np.float32)
+  keypoints = rng.uniform(-1, 1, (b, t, j, 3)).astype(np.float32)
+  keypoints[..., 2] = np.where(rng.random((b, t, j)) < 0.1, 0.0, np.abs(keypoints[..., 2]))
+  labels = rng.integers(0, model.num_classes, b)
+  params = model.init(jax.random.key(0), frames, keypoints)["params"]
+  # Perturb every parameter: zero-initialized ones (offsets, head) would hide mistakes.
+  leaves, treedef = jax.tree.flatten(params)
+  leaves = [np.asarray(x) + 0.05 * rng.standard_normal(x.shape).astype(np.float32)
+            for x in leaves]
+  params = jax.tree.unflatten(treedef, leaves)
+
+  def loss_fn(p):
+    logits = model.apply({"params": p}, frames, keypoints, train=True)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+
+  (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  tp = torch_reference.params_from_flax(params, requires_grad=True)
+  t_logits = torch_reference.forward(tp, torch.tensor(frames), torch.tensor(keypoints),
+                                     torch_reference.model_fields(model), train=True)
+  torch.nn.functional.cross_entropy(t_logits, torch.tensor(labels)).backward()
+
+  logits = np.asarray(logits)
+  rel = np.abs(t_logits.detach().numpy() - logits).max() / np.abs(logits).max()
+  assert rel < 1e-5, rel
+  flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+  scale = max(float(np.abs(np.asarray(g)).max()) for _, g in flat)
+  checked = 0
+  for path, g in flat:
+    node = tp
+    for key in path:
+      node = node[key.key]
+    ref = np.asarray(g)
+    # Leaves whose true gradient is 0 (e.g. a bias shared by all keys of a softmax) are
+    # compared against the overall gradient scale instead of their own rounding noise.
+    denom = max(float(np.abs(ref).max()), 1e-3 * scale)
+    err = np.abs(node.grad.numpy() - ref).max() / denom
+    assert err < 1e-4, (jax.tree_util.keystr(path), err)
+    checked += 1
+  assert checked == len(leaves)
+
+
+def test_rejects_dropout():
+  model = build_model({**CONFIGS[2], "dropout": 0.1})
+  params = torch_reference.params_from_flax(model.init(
+      jax.random.key(0), np.zeros((1, 4, 48, 48, 3), np.float32),
+      np.zeros((1, 4, 5, 3), np.float32))["params"])
+  with pytest.raises(ValueError, match="dropout"):
+    torch_reference.forward(params, torch.zeros(1, 4, 48, 48, 3), torch.zeros(1, 4, 5, 3),
+                            torch_reference.model_fields(model))
