@@ -1,0 +1,171 @@
+"""Numbers of an explanation: joint, frame and sampling-point importance from the sown maps.
+
+Everything here is NumPy on the output of ``deform3d.models.attention_maps`` for one clip, so it
+runs anywhere (no TensorFlow, no accelerator). Definitions (docs/explain.md):
+
+* **Joint importance** ``(T, J)``: in each block's local joint stride attention the frame's
+  cross-modal token attends over every joint group; ``joint_importance`` is that attention
+  weight per joint, averaged over groups and heads. Each frame's row is normalized to sum 1, so
+  it is the share of the cross token's joint attention that each joint receives. The **uniform
+  share** is the same quantity for uniform attention inside each group (groups of different
+  sizes give their joints different shares); ``lift = importance / uniform share`` is above 1
+  where the model attends more than chance. Blocks see fewer temporal tokens after each temporal
+  merge; a token's value is repeated over the input frames it covers.
+* **Frame importance** ``(T,)``: in each block's temporal stride attention, the attention the
+  cross tokens of a window pay to each frame of the window, averaged over heads and queries; the
+  windows' values are divided by the number of windows, so the row sums to 1 over the clip.
+* **Sampling points**: the 3-D deformable attention's sampled locations ``(G, Ns, 3)`` (x, y in
+  ``[-1, 1]`` of the frame, z in ``[-1, 1]`` of time) of every block, with the attention they
+  receive from all queries, averaged over the heads that read their channel group.
+
+Which blocks: every block's maps are returned; the summary (``mean``) averages the blocks in
+``blocks``, by default only the first. Only there is joint token ``j`` still joint ``j``'s own
+embedding; deeper tokens have been mixed with their group and with other frames by the
+attention before them, so attention to token ``j`` no longer means attention to joint ``j``
+(the argument for attention rollout, Abnar & Zuidema 2020). Measured on the embedded model in
+docs/explain.md.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from deform3d.models.stride_attention import joint_groups
+
+
+def _block_ids(maps: Mapping[str, np.ndarray]) -> list:
+  ids = sorted({int(k.split("/")[0][len("block"):]) for k in maps if k.startswith("block")})
+  if not ids:
+    raise ValueError("explain: the maps hold no block{i}/... entries; pass the output of "
+                     "deform3d.models.attention_maps")
+  return ids
+
+
+def token_frames(model) -> list:
+  """Input frames covered by one temporal token of each block: ``stem_temporal_stride`` times
+  the product of the temporal strides of the blocks before it."""
+  span, out = model.stem_temporal_stride, []
+  for s in model.temporal_strides:
+    out.append(span)
+    span *= s
+  return out
+
+
+def _expand(values: np.ndarray, span: int, num_frames: int) -> np.ndarray:
+  """Token axis 0 -> input frames: each token's value over the ``span`` frames it covers."""
+  return np.repeat(values, span, axis=0)[:num_frames]
+
+
+def uniform_joint_share(num_joints: int, window: int, stride: int) -> np.ndarray:
+  """Joint shares ``(J,)`` of the cross token when its attention is uniform in every group."""
+  idx = joint_groups(num_joints, min(window, num_joints), stride)
+  share = np.zeros(num_joints)
+  for row in idx:
+    valid = row[row >= 0]
+    share[valid] += 1.0 / (1 + len(valid))
+  return share / share.sum()
+
+
+def _select(blocks, available):
+  chosen = list(available[:1]) if blocks is None else list(blocks)
+  missing = sorted(set(chosen) - set(available))
+  if missing or not chosen:
+    raise ValueError(f"explain: blocks {chosen} not among the model's blocks {list(available)}")
+  return [available.index(b) for b in chosen]
+
+
+def joint_importance(maps, model, index: int = 0, blocks: Optional[Sequence[int]] = None) -> dict:
+  """Joint importance ``(T, J)`` of clip ``index``: every block's (``per_block``), the mean over
+  ``blocks`` (default: the first block), its uniform share and the lift of each joint."""
+  per_block, uniform = [], []
+  for i in _block_ids(maps):
+    key = f"block{i}/joint_attn/joint_importance"
+    imp = np.asarray(maps[key][index], np.float64).mean(axis=1)   # (T_i, J)
+    imp = imp / np.maximum(imp.sum(axis=1, keepdims=True), 1e-12)
+    per_block.append(_expand(imp, token_frames(model)[i], model.num_frames))
+    uniform.append(uniform_joint_share(model.num_joints, model.joint_window,
+                                       model.joint_strides[i]))
+  rows = _select(blocks, _block_ids(maps))
+  mean = np.mean([per_block[r] for r in rows], axis=0)
+  share = np.mean([uniform[r] for r in rows], axis=0)
+  uniform = np.stack(uniform)
+  return {"per_block": np.stack(per_block), "uniform_per_block": uniform, "mean": mean,
+          "uniform_share": share, "lift": mean.mean(axis=0) / share,
+          "lift_per_block": np.stack(per_block).mean(axis=1) / uniform}
+
+
+def frame_importance(maps, model, index: int = 0, blocks: Optional[Sequence[int]] = None) -> dict:
+  """Frame importance ``(T,)`` of clip ``index`` per block and averaged over ``blocks``
+  (default: the first); each row sums to 1."""
+  per_block = []
+  for i in _block_ids(maps):
+    att = np.asarray(maps[f"block{i}/temporal_attn/attn/attention"][index], np.float64)
+    att = att[0]                       # the cross token: (windows, heads, q, k)
+    windows, _, _, w = att.shape
+    received = att.mean(axis=(1, 2)).reshape(windows * w) / windows
+    t_tokens = -(-model.num_frames // token_frames(model)[i])
+    received = received[:t_tokens]     # drop the padding of a last partial window
+    span = token_frames(model)[i]
+    per_block.append(_expand(received, span, model.num_frames) / span)
+  per_block = np.stack(per_block)
+  per_block = per_block / per_block.sum(axis=1, keepdims=True)
+  rows = _select(blocks, _block_ids(maps))
+  return {"per_block": per_block, "mean": per_block[rows].mean(axis=0)}
+
+
+def sampling_points(maps, model, index: int = 0) -> list:
+  """Per block: ``{"points": (G, Ns, 3), "weight": (G, Ns)}`` (weights of a block sum to 1)."""
+  out = []
+  for i in _block_ids(maps):
+    key = f"block{i}/cross_attn/sampling_points"
+    if key not in maps:
+      continue
+    points = np.asarray(maps[key][index], np.float64)                     # (G, Ns, 3)
+    att = np.asarray(maps[f"block{i}/cross_attn/attn/attention"][index], np.float64)
+    g = points.shape[0]
+    per_head = att.mean(axis=1)                                           # (heads, Ns)
+    weight = per_head.reshape(g, -1, per_head.shape[-1]).mean(axis=1)      # (G, Ns)
+    out.append({"block": i, "points": points, "weight": weight / weight.sum()})
+  return out
+
+
+def point_frame(z: np.ndarray, num_frames: int) -> np.ndarray:
+  """Time coordinate in ``[-1, 1]`` (``align_corners=False``) -> fractional input frame."""
+  return ((z + 1.0) * num_frames - 1.0) / 2.0
+
+
+def explain_clip(maps, model, index: int = 0, *, blocks: Optional[Sequence[int]] = None,
+                 joint_names: Optional[Sequence[str]] = None,
+                 logits: Optional[np.ndarray] = None, class_names: Optional[Sequence[str]] = None
+                 ) -> dict:
+  """Everything of one clip in plain Python types (the JSON written by ``launch/explain.py``);
+  the summary fields average ``blocks`` (default: the first block)."""
+  joints = joint_importance(maps, model, index, blocks)
+  frames = frame_importance(maps, model, index, blocks)
+  points = sampling_points(maps, model, index)
+  names = list(joint_names) if joint_names is not None else [
+      f"joint{j}" for j in range(model.num_joints)]
+  out = {
+      "blocks": list(blocks) if blocks is not None else _block_ids(maps)[:1],
+      "joint_names": names,
+      "joint_importance": joints["mean"].tolist(),
+      "joint_importance_per_block": joints["per_block"].tolist(),
+      "joint_share": joints["mean"].mean(axis=0).tolist(),
+      "joint_uniform_share": joints["uniform_share"].tolist(),
+      "joint_lift": joints["lift"].tolist(),
+      "joint_lift_per_block": joints["lift_per_block"].tolist(),
+      "frame_importance": frames["mean"].tolist(),
+      "frame_importance_per_block": frames["per_block"].tolist(),
+      "sampling_points": [{"block": p["block"], "points_xyz": p["points"].tolist(),
+                           "weight": p["weight"].tolist()} for p in points],
+  }
+  if logits is not None:
+    logits = np.asarray(logits[index], np.float64)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    top = np.argsort(-probs)[:5]
+    label = (lambda k: class_names[k]) if class_names is not None else str
+    out["prediction"] = [{"class": int(k), "name": label(int(k)), "prob": float(probs[k])}
+                         for k in top]
+  return out
