@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import itertools
+import json
 import os
 import re
 from typing import Iterator, Optional, Sequence
@@ -156,15 +157,38 @@ def _records(files: list, process_index: int, process_count: int, shard_records:
   return ds
 
 
+def record_counts(data_dir: str, split: str, files: Sequence[str]) -> Optional[list]:
+  """Examples per shard of ``files`` from the split's metadata, without reading the shards:
+  our ``{split}.json`` (``num_examples`` written round-robin over ``num_shards``) or a TFDS
+  build's ``dataset_info.json`` (``shardLengths``). ``None`` when neither describes ``files``."""
+  ours = os.path.join(data_dir, f"{split}.json")
+  if os.path.exists(ours):
+    with open(ours) as fh:
+      meta = json.load(fh)
+    n, shards = meta.get("num_examples"), meta.get("num_shards")
+    if isinstance(n, int) and shards == len(files):
+      return [n // shards + (i < n % shards) for i in range(shards)]
+  info = os.path.join(data_dir, "dataset_info.json")
+  if os.path.exists(info):
+    with open(info) as fh:
+      meta = json.load(fh)
+    for entry in meta.get("splits", []):
+      lengths = entry.get("shardLengths")
+      if entry.get("name") == split and lengths and len(lengths) == len(files):
+        return [int(x) for x in lengths]
+  return None
+
+
 def _train_records(files, process_index, process_count, *, seed, shuffle_buffer, cache,
-                   start_position):
+                   start_position, counts=None):
   """Endless raw-record stream of one process, a pure function of ``(seed, position)``.
 
   Epoch ``e`` is a permutation seeded by ``(seed, e)``: with ``cache``, a full permutation of the
   process's records held in memory; otherwise the files in a seeded order, interleaved, through
   a shuffle buffer seeded by ``(seed, e)``. Starting at ``start_position`` = epoch ``p // n``,
   record ``p % n`` reads (but does not decode) at most one epoch, so a resumed run sees exactly
-  the records an uninterrupted run would have seen.
+  the records an uninterrupted run would have seen. ``counts`` (examples per file, from the
+  split's metadata) gives ``n`` without a pass over the data; without it the records are counted.
   """
   local, shard_records = _local_files(files, process_index, process_count)
   cached = None
@@ -172,6 +196,11 @@ def _train_records(files, process_index, process_count, *, seed, shuffle_buffer,
     cached = list(_records(local, process_index, process_count, shard_records)
                   .as_numpy_iterator())
     n = len(cached)
+  elif counts is not None:
+    if shard_records:
+      n = len(range(process_index, sum(counts), process_count))
+    else:
+      n = sum(counts[files.index(f)] for f in local)
   else:
     n = sum(1 for _ in _records(local, process_index, process_count, shard_records))
   if n == 0:
@@ -198,6 +227,17 @@ def _train_records(files, process_index, process_count, *, seed, shuffle_buffer,
   return tf.data.Dataset.from_generator(stream, output_signature=tf.TensorSpec([], tf.string))
 
 
+def eval_labels(data_dir: str, split: str, process_index: int = 0, process_count: int = 1
+                ) -> list:
+  """Labels of ``split`` in the order ``make_dataset(train=False)`` yields its examples (frames
+  are not decoded)."""
+  local, shard_records = _local_files(split_files(data_dir, split), process_index, process_count)
+  spec = {"label": tf.io.FixedLenFeature([], tf.int64)}
+  ds = _records(local, process_index, process_count, shard_records)
+  ds = ds.map(lambda s: tf.io.parse_single_example(s, spec)["label"])
+  return [int(y) for y in ds.as_numpy_iterator()]
+
+
 def make_dataset(data_dir: str, split: str, *, num_frames: int, image_size: int, num_joints: int,
                  batch_size: int, train: bool, seed: int = 0, num_clips: int = 1,
                  flip_perm: Optional[Sequence[int]] = None, crop_scale=(0.7, 1.0),
@@ -217,7 +257,8 @@ def make_dataset(data_dir: str, split: str, *, num_frames: int, image_size: int,
   if train:
     ds = _train_records(files, process_index, process_count, seed=seed,
                         shuffle_buffer=shuffle_buffer, cache=cache,
-                        start_position=start_position)
+                        start_position=start_position,
+                        counts=None if cache else record_counts(data_dir, split, files))
   else:
     local, shard_records = _local_files(files, process_index, process_count)
     ds = _records(local, process_index, process_count, shard_records)

@@ -198,3 +198,31 @@ def test_wave_classes_differ_only_in_flag_colour():
   red = fa[diff][:, 0].astype(int) - fa[diff][:, 2]
   blue = fb[diff][:, 2].astype(int) - fb[diff][:, 0]
   assert red.mean() > 80 and blue.mean() > 80
+
+
+def test_record_counts_come_from_metadata_and_match_the_shards(static_dir, tmp_path):
+  """Training with ``cache=False`` sizes its epochs from the split's metadata instead of a pass
+  over the data; the metadata must agree with what the shards hold."""
+  files = input_pipeline.split_files(static_dir, "train")
+  counts = input_pipeline.record_counts(static_dir, "train", files)
+  actual = [sum(1 for _ in tf.data.TFRecordDataset(f)) for f in files]
+  assert counts == actual and sum(actual) > len(files)
+  # A TFDS build: shardLengths of dataset_info.json (int64 fields are JSON strings there).
+  tfds_dir = tmp_path / "tfds"
+  tfds_dir.mkdir()
+  for i, f in enumerate(files):
+    (tfds_dir / f"demo-train.tfrecord-{i:05d}-of-{len(files):05d}").write_bytes(
+        open(f, "rb").read())
+  (tfds_dir / "dataset_info.json").write_text(json.dumps(
+      {"name": "demo", "splits": [{"name": "train", "shardLengths": [str(c) for c in actual]}]}))
+  tfds_files = input_pipeline.split_files(str(tfds_dir), "train")
+  assert input_pipeline.record_counts(str(tfds_dir), "train", tfds_files) == actual
+  # No usable metadata: None, and the pipeline counts by reading.
+  assert input_pipeline.record_counts(str(tfds_dir), "val", tfds_files) is None
+  # Same records, counted from metadata (ours) or by reading (the TFDS copy without its info):
+  # the same training stream.
+  (tfds_dir / "dataset_info.json").unlink()
+  a = _batches(static_dir, True, cache=False, start_position=30)
+  b = _batches(str(tfds_dir), True, cache=False, start_position=30)
+  np.testing.assert_array_equal(a["id"], b["id"])
+  np.testing.assert_array_equal(a["frames"], b["frames"])
