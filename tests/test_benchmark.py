@@ -15,3 +15,16 @@ def test_sampler_benchmark_reports_all_implementations(monkeypatch):
   assert {"jax/autodiff", "jax/onehot", "jax/sorted"} <= impls
   for r in rows:
     assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["compile_s"] >= 0
+
+
+def test_model_benchmark_reports_jax_and_the_torch_reference():
+  tiny = [("tiny", dict(num_classes=3, num_frames=4, num_joints=5, embed_dim=32, depth=2,
+                        num_heads=2, joint_window=3, joint_strides=(1, 2),
+                        temporal_strides=(1, 2)), 2, 32)]
+  rows = benchmark.bench_model(repeats=1, sizes=tiny, dtypes=("float32",), log=lambda s: None)
+  assert [r["impl"] for r in rows] == ["jax", "torch"]
+  for r in rows:
+    assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["clips_per_s_fwd_bwd"] > 0
+    assert r["size"] == "tiny" and r["dtype"] == "float32"
+  assert rows[0]["compile_s"] > 0 and rows[0]["fwd_bwd_speedup_of_jax"] == 1.0
+  assert abs(rows[1]["fwd_bwd_speedup_of_jax"] - rows[1]["fwd_bwd_ms"] / rows[0]["fwd_bwd_ms"]) < 1e-9

@@ -101,9 +101,9 @@ def test_pngs_are_written(rng, tmp_path):
 
 
 def test_explain_command_on_a_trained_model_finds_the_waving_forearm(tmp_path):
-  """Trains the embedded config briefly, then ``launch/explain.py``: in the wave clips the
-  cross token's first-block attention on the waving forearm (right elbow and wrist) exceeds its
-  uniform share, and exceeds it more than in the clips of the other classes."""
+  """Trains the embedded config briefly (150 steps), then ``launch/explain.py``: in the wave
+  clips the cross token's first-block attention on the waving forearm (right elbow and wrist)
+  exceeds its uniform share, and by more than in the clips of the other classes."""
   pytest.importorskip("tensorflow")
   from configs.common import base_config
   from data_pipelines import embedded, loaders
@@ -147,8 +147,9 @@ def test_explain_command_on_a_trained_model_finds_the_waving_forearm(tmp_path):
     uniform = np.asarray(e["joint_uniform_share"])[forearm].sum()
     (wave if e["label_name"].startswith("wave") else other).append(share / uniform)
   assert len(wave) == 6 and len(other) == 24
-  assert min(wave) > 1.0, wave            # more than its share in every wave clip
-  assert np.mean(wave) > np.mean(other), (wave, other)
+  # Measured at 150 steps: wave clips 1.10 to 1.68 (mean 1.39), other classes mean 0.95.
+  assert np.mean(wave) > 1.0, wave        # more than its share
+  assert np.mean(wave) > np.mean(other) + 0.1, (wave, other)
 
 
-STEPS = 300
+STEPS = 150
