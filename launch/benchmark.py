@@ -38,16 +38,6 @@ from deform3d.ops import grid_sample_3d  # noqa: E402
 SIZES = [("embedded-default", 64, 8, 6, 6, 32, 36), ("paper-scale", 16, 16, 28, 28, 64, 392)]
 
 
-def timeit(fn, *args, repeats):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
-
-
 def bench_sampler(repeats):
   rows = []
   for name, n, d, h, w, c, p in SIZES:
@@ -61,10 +51,9 @@ def bench_sampler(repeats):
       t = time.perf_counter()
       step.lower(vol, grid).compile()
       compile_s = time.perf_counter() - t
-      rows.append({"size": name, "impl": f"jax/{mode}", "fwd_ms": 1e3 * timeit(fwd, vol, grid,
-                                                                               repeats=repeats),
-                   "fwd_bwd_ms": 1e3 * timeit(step, vol, grid, repeats=repeats),
-                   "compile_s": compile_s})
+      time_jax = lambda fn: _median_time(lambda: jax.block_until_ready(fn(vol, grid)), repeats)
+      rows.append({"size": name, "impl": f"jax/{mode}", "fwd_ms": 1e3 * time_jax(fwd),
+                   "fwd_bwd_ms": 1e3 * time_jax(step), "compile_s": compile_s})
     try:
       import torch
     except ImportError:
@@ -73,23 +62,14 @@ def bench_sampler(repeats):
     gt = torch.tensor(np.asarray(grid)).reshape(n, p, 1, 1, 3).requires_grad_(True)
     sample = lambda: torch.nn.functional.grid_sample(vt, gt, align_corners=False)
 
-    def torch_time(fn):
-      fn()
-      times = []
-      for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-      return float(np.median(times))
-
     def fwd_bwd():
       vt.grad = gt.grad = None
       (sample() ** 2).sum().backward()
 
     with torch.no_grad():
-      t_fwd = torch_time(sample)
+      t_fwd = _median_time(sample, repeats)
     rows.append({"size": name, "impl": "torch/grid_sample", "fwd_ms": 1e3 * t_fwd,
-                 "fwd_bwd_ms": 1e3 * torch_time(fwd_bwd), "compile_s": 0.0})
+                 "fwd_bwd_ms": 1e3 * _median_time(fwd_bwd, repeats), "compile_s": 0.0})
   return rows
 
 

@@ -26,7 +26,6 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   import jax
-  import orbax.checkpoint as ocp
   from data_pipelines import loaders
   from data_pipelines.records import read_classes
   from deform3d.train import report, trainer
@@ -35,14 +34,10 @@ def main(argv):
   config = _CONFIG.value
   split = _SPLIT.value or config.dataset.eval_split
   tr = trainer.Trainer(config, make_mesh())
-  mngr = trainer.checkpoint_manager(_WORKDIR.value, config)
-  step = _STEP.value if _STEP.value is not None else mngr.latest_step()
-  if step is None:
-    raise SystemExit(f"{_WORKDIR.value}: no checkpoint found under checkpoints/")
-  if step not in mngr.all_steps():
-    raise SystemExit(f"{_WORKDIR.value}: no checkpoint at step {step}; have {mngr.all_steps()}")
-  # restore_or_init restores the latest; for another step, narrow the manager's view.
-  state = trainer.restore_step(tr, mngr, config, step)
+  try:
+    state, step = trainer.restore_checkpoint(tr, _WORKDIR.value, config, _STEP.value)
+  except FileNotFoundError as e:
+    raise SystemExit(str(e))
   metrics = tr.evaluate(state.params, loaders.eval_iter(config, split))
   if jax.process_index() == 0:
     out = _OUT.value or os.path.join(_WORKDIR.value, f"eval_{split}")

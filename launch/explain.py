@@ -127,13 +127,11 @@ def main(argv):
                            else config.dataset.eval_split)
   classes = list(read_classes(config.dataset.data_dir))
   tr = trainer.Trainer(config, make_mesh())
-  mngr = trainer.checkpoint_manager(_WORKDIR.value, config)
-  step = _STEP.value if _STEP.value is not None else mngr.latest_step()
-  if step is None:
-    raise SystemExit(f"{_WORKDIR.value}: no checkpoint found under checkpoints/")
-  if step not in mngr.all_steps():
-    raise SystemExit(f"{_WORKDIR.value}: no checkpoint at step {step}; have {mngr.all_steps()}")
-  params = jax.device_get(trainer.restore_step(tr, mngr, config, step).params)
+  try:
+    state, step = trainer.restore_checkpoint(tr, _WORKDIR.value, config, _STEP.value)
+  except FileNotFoundError as e:
+    raise SystemExit(str(e))
+  params = jax.device_get(state.params)
 
   try:
     positions = select(input_pipeline.eval_labels(config.dataset.data_dir, split), classes,

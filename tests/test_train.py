@@ -159,3 +159,19 @@ def test_all_configs_load_and_build():
     assert len(LAYOUTS[c.dataset.joint_layout]) == c.model.num_joints, name
     assert len(c.model.temporal_strides) == c.model.depth, name
     assert c.warmup_steps < c.total_steps, name
+
+
+def test_restore_checkpoint_for_evaluation_names_missing_steps(data_dir, tmp_path):
+  from deform3d.train.sharding import make_mesh
+  config = tiny_config(data_dir)
+  config.total_steps = config.checkpoint_every = 4
+  tr = trainer.Trainer(config, make_mesh())
+  with pytest.raises(FileNotFoundError, match="no checkpoint found under checkpoints/"):
+    trainer.restore_checkpoint(tr, str(tmp_path), config)
+  out, _ = run(config, str(tmp_path))
+  state, step = trainer.restore_checkpoint(tr, str(tmp_path), config)
+  assert step == 4 and int(state.step) == 4
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(out["state"].params)):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint at step 3; have \[4\]"):
+    trainer.restore_checkpoint(tr, str(tmp_path), config, step=3)

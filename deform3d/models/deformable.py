@@ -22,7 +22,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from deform3d.models.embeddings import patchify
 from deform3d.models.layers import MultiHeadAttention, layer_norm
 from deform3d.ops import grid_sample_3d
 

@@ -180,6 +180,20 @@ def restore_step(trainer: Trainer, mngr: ocp.CheckpointManager, config, step: in
   return restored["state"]
 
 
+def restore_checkpoint(trainer: Trainer, workdir: str, config, step: Optional[int] = None):
+  """``(state, step)`` of the checkpoint at ``step`` (default: the latest) in ``workdir``, for
+  evaluation and explanation; ``FileNotFoundError`` naming the workdir and the steps it has when
+  there is no such checkpoint."""
+  mngr = checkpoint_manager(workdir, config)
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"{workdir}: no checkpoint found under checkpoints/")
+  if step not in mngr.all_steps():
+    raise FileNotFoundError(f"{workdir}: no checkpoint at step {step}; have "
+                            f"{list(mngr.all_steps())}")
+  return restore_step(trainer, mngr, config, step), step
+
+
 class CheckpointWriteError(OSError):
   """Saving a checkpoint failed (e.g. disk full); earlier checkpoints are intact."""
 
