@@ -7,6 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from deform3d.ops.batched_matmul import matmul_nn, matmul_nt
+
 Dtype = Any
 _NEG_INF = -1e9
 
@@ -22,6 +24,13 @@ class MultiHeadAttention(nn.Module):
   ``pool_queries=p`` returns the mean of the outputs of every ``p`` consecutive queries,
   ``(..., Lq / p, C)``. It is computed exactly, by averaging the (dropped-out) weights before the
   value product and the output projection, which are linear: ``p`` times less work there.
+
+  ``layout`` (an object with ``split`` and ``merge``) regroups the tokens after the input
+  projections: ``split`` maps projected ``(..., L, H, D)`` queries, keys and values to the
+  ``(..., L', H, D)`` sequences that attend to each other (e.g. overlapping groups), and
+  ``merge`` maps the per-sequence outputs back to ``(..., L, H, D)`` before the output
+  projection. Both must be linear, so the projections run once per token, not once per copy.
+  ``bias``, ``mask`` and the returned weights are then in the split shape.
   """
   num_heads: int
   out_dim: Optional[int] = None
@@ -30,7 +39,7 @@ class MultiHeadAttention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_q, x_kv, *, bias=None, mask=None, pool_queries: int = 1,
+  def __call__(self, x_q, x_kv, *, bias=None, mask=None, pool_queries: int = 1, layout=None,
                deterministic: bool = True):
     out_dim = self.out_dim or x_q.shape[-1]
     if out_dim % self.num_heads:
@@ -38,9 +47,11 @@ class MultiHeadAttention(nn.Module):
                        f"num_heads={self.num_heads}")
     head_dim = out_dim // self.num_heads
     dense = lambda name: nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype, name=name)
-    lead_q, lead_kv = x_q.shape[:-2], x_kv.shape[:-2]
-    lead = jnp.broadcast_shapes(lead_q, lead_kv)
-    lq, lk, h = x_q.shape[-2], x_kv.shape[-2], self.num_heads
+    q, k, v = dense("query")(x_q), dense("key")(x_kv), dense("value")(x_kv)  # (..., L, H, D)
+    if layout is not None:
+      q, k, v = layout.split(q), layout.split(k), layout.split(v)
+    lead = jnp.broadcast_shapes(q.shape[:-3], k.shape[:-3])
+    lq, lk, h = q.shape[-3], k.shape[-3], self.num_heads
 
     def heads_first(x, length):
       """``(..., L, H, D)`` -> ``(prod(lead) * H, L, D)``: one batch axis, heads before the
@@ -49,11 +60,8 @@ class MultiHeadAttention(nn.Module):
       x = jnp.broadcast_to(x, lead + x.shape[-3:])
       return jnp.moveaxis(x, -2, -3).reshape(-1, length, head_dim)
 
-    q = heads_first(dense("query")(x_q), lq)
-    k = heads_first(dense("key")(x_kv), lk)
-    v = heads_first(dense("value")(x_kv), lk)
-    logits = jnp.einsum("bqd,bkd->bqk", q, k,
-                        preferred_element_type=jnp.float32) * (head_dim ** -0.5)
+    q, k, v = heads_first(q, lq), heads_first(k, lk), heads_first(v, lk)
+    logits = matmul_nt(q, k) * (head_dim ** -0.5)
     logits = logits.reshape(lead + (h, lq, lk))
     if bias is not None:
       logits = logits + bias.astype(jnp.float32)
@@ -68,8 +76,10 @@ class MultiHeadAttention(nn.Module):
                          f"pool_queries={pool_queries}")
       lq //= pool_queries
       dropped = dropped.reshape(lead + (h, lq, pool_queries, lk)).mean(axis=-2)
-    out = jnp.einsum("bqk,bkd->bqd", dropped.astype(self.dtype).reshape(-1, lq, lk), v)
+    out = matmul_nn(dropped.astype(self.dtype).reshape(-1, lq, lk), v)
     out = jnp.moveaxis(out.reshape(lead + (h, lq, head_dim)), -3, -2)  # (..., Lq, H, D)
+    if layout is not None:
+      out = layout.merge(out)
     out = nn.DenseGeneral(out_dim, axis=(-2, -1), dtype=self.dtype, name="out")(out)
     out = nn.Dropout(self.proj_dropout)(out, deterministic=deterministic)
     return out, weights

@@ -6,7 +6,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from deform3d.models.deformable import DeformableAttention3D, cell_centres
+from deform3d.models.deformable import DeformableAttention3D, cell_centres, standardize
 from deform3d.models.embeddings import PoseEmbed, RGBStem, temporal_pool
 from deform3d.models.layers import DropPath, Mlp, layer_norm
 from deform3d.models.stride_attention import (JointStrideAttention, TemporalMerge,
@@ -19,7 +19,9 @@ class Deform3DBlock(nn.Module):
   """One block: deformable cross-attention, joint stride, temporal stride attention, MLP.
 
   ``z (B, T, 1 + J, C)``, ``pos (B, T, 1 + J, 3)``, ``volume (B, T', H', W', C)`` or ``None``
-  (pose-only) -> ``z``, ``pos`` with ``T`` reduced by ``temporal_stride``.
+  (pose-only) -> ``z``, ``pos`` with ``T`` reduced by ``temporal_stride``. ``volume`` is the
+  standardized RGB volume (``deformable.standardize`` of the stem's output, computed once for
+  all blocks); each block's deformable attention applies its own LayerNorm scale and bias.
   """
   num_heads: int
   num_groups: int
@@ -56,7 +58,8 @@ class Deform3DBlock(nn.Module):
                                 offset_strides=self.offset_strides,
                                 offset_range_factor=self.offset_range_factor, name="cross_attn",
                                 **kw)(q, pos.reshape(b, t * n, 3), volume,
-                                      pool_queries=n, deterministic=deterministic)
+                                      pool_queries=n, standardized=True,
+                                      deterministic=deterministic)
       # The frame's cross-attention token: mean of the outputs of its cross and joint queries
       # (each joint query looks around its own location), pooled inside the attention.
       # Joint tokens stay pose tokens.
@@ -162,6 +165,8 @@ class Deform3DTransformer(nn.Module):
       xy = xy.at[:, :, 1:].set(jnp.clip(joints_xy, -1.0, 1.0))
     pos = jnp.concatenate([xy, time], axis=-1)
 
+    if volume is not None:
+      volume = standardize(volume, self.dtype)
     for i in range(self.depth):
       rate = self.drop_path * i / max(self.depth - 1, 1)
       z, pos = Deform3DBlock(

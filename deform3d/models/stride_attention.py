@@ -52,30 +52,70 @@ class JointStrideAttention(nn.Module):
 
   @nn.compact
   def __call__(self, z, *, deterministic: bool = True):
-    b, t, n, c = z.shape
-    j = n - 1
-    idx = joint_groups(j, min(self.window, j), self.stride)  # (Ng, w)
-    ng, w = idx.shape
-    safe = np.maximum(idx, 0)
-    joints = z[:, :, 1:]
-    grouped = jnp.take(joints, safe.reshape(-1), axis=2).reshape(b, t, ng, w, c)
-    cross = jnp.broadcast_to(z[:, :, None, :1], (b, t, ng, 1, c))
-    tokens = jnp.concatenate([cross, grouped], axis=3)  # (B, T, Ng, 1 + w, C)
-    valid = np.concatenate([np.ones((ng, 1), bool), idx >= 0], axis=1)  # (Ng, 1 + w)
+    j = z.shape[2] - 1
+    layout = JointGroupLayout(j, min(self.window, j), self.stride)
+    idx = layout.idx
+    valid = np.concatenate([np.ones((layout.num_groups, 1), bool), idx >= 0], axis=1)
     mask = valid[:, None, None, :]  # (Ng, heads, q, k)
     out, weights = MultiHeadAttention(self.num_heads, attn_dropout=self.attn_dropout,
                                       proj_dropout=self.proj_dropout, dtype=self.dtype,
-                                      name="attn")(tokens, tokens, mask=mask,
+                                      name="attn")(z, z, mask=mask, layout=layout,
                                                    deterministic=deterministic)
-    new_cross = out[:, :, :, 0].mean(axis=2, keepdims=True)  # (B, T, 1, C)
-    # Scatter joint outputs back to joint order through a one-hot matrix (padding rows are 0).
-    onehot = jnp.asarray(idx[..., None] == np.arange(j), out.dtype)  # (Ng, w, J)
-    new_joints = jnp.einsum("btgwc,gwj->btjc", out[:, :, :, 1:], onehot)
     # Importance of each joint for the cross token: its attention weight, per head.
+    onehot = np.asarray(idx[..., None] == np.arange(j), np.float32)  # (Ng, w, J)
     cross_to_joint = weights[:, :, :, :, 0, 1:]  # (B, T, Ng, heads, w)
-    importance = jnp.einsum("btghw,gwj->bthj", cross_to_joint, onehot.astype(jnp.float32)) / ng
+    importance = jnp.einsum("btghw,gwj->bthj", cross_to_joint, onehot) / layout.num_groups
     self.sow("intermediates", "joint_importance", importance)
-    return jnp.concatenate([new_cross, new_joints], axis=2)
+    return out
+
+
+class JointGroupLayout:
+  """Token layout of the joint stride attention, for ``MultiHeadAttention(layout=...)``.
+
+  ``split``: ``(B, T, 1 + J, ...)`` -> ``(B, T, Ng, 1 + w, ...)``: each of the ``joint_groups``
+  (``idx``, ``(Ng, w)``) preceded by the cross token; padding slots are zeros (masked as keys,
+  dropped as queries). ``merge``: the inverse for outputs: joints back in joint order (every
+  joint is in exactly one group), the cross token as the mean of its ``Ng`` outputs. Both are
+  static pads, reshapes and transposes (no gather, and so no scatter in the backward pass).
+  """
+
+  def __init__(self, num_joints: int, window: int, stride: int):
+    self.idx = joint_groups(num_joints, window, stride)
+    self.num_joints, self.window, self.stride = num_joints, window, stride
+    self.num_groups = self.idx.shape[0]
+    self.block = window * stride
+    self.padded = -(-num_joints // self.block) * self.block
+    # split's pad/reshape/transpose must reproduce the index table (kept groups are a prefix).
+    nb = self.padded // self.block
+    table = np.arange(self.padded).reshape(nb, window, stride).swapaxes(1, 2)
+    table = table.reshape(nb * stride, window)[:self.num_groups]
+    assert np.array_equal(np.where(table < num_joints, table, -1), self.idx), (table, self.idx)
+
+  def split(self, x):
+    b, t, tail = x.shape[0], x.shape[1], x.shape[3:]
+    nb, w, s, ng = self.padded // self.block, self.window, self.stride, self.num_groups
+    joints = _pad_axis(x[:, :, 1:], 2, self.padded)
+    joints = joints.reshape((b, t, nb, w, s) + tail)
+    joints = jnp.swapaxes(joints, 3, 4).reshape((b, t, nb * s, w) + tail)[:, :, :ng]
+    cross = jnp.broadcast_to(x[:, :, None, :1], (b, t, ng, 1) + tail)
+    return jnp.concatenate([cross, joints], axis=3)
+
+  def merge(self, y):
+    b, t, tail = y.shape[0], y.shape[1], y.shape[4:]
+    nb, w, s = self.padded // self.block, self.window, self.stride
+    cross = y[:, :, :, 0].mean(axis=2, keepdims=True)
+    joints = _pad_axis(y[:, :, :, 1:], 2, nb * s).reshape((b, t, nb, s, w) + tail)
+    joints = jnp.swapaxes(joints, 3, 4).reshape((b, t, self.padded) + tail)
+    return jnp.concatenate([cross, joints[:, :, :self.num_joints]], axis=2)
+
+
+def _pad_axis(x, axis: int, size: int):
+  """Zero-pads ``axis`` of ``x`` at the end to ``size``."""
+  if x.shape[axis] == size:
+    return x
+  pads = [(0, 0)] * x.ndim
+  pads[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, pads)
 
 
 class TemporalStrideAttention(nn.Module):
