@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from deform3d.models import DeformableAttention3D, DepthwisePatchConv, joint_groups
-from deform3d.models.deformable import standardize
+from deform3d.models.layers import standardize
 from deform3d.models.stride_attention import JointGroupLayout
 from deform3d.ops import grid_sample_3d
 from deform3d.ops.batched_matmul import matmul_nn, matmul_nt

@@ -115,5 +115,14 @@ class DropPath(nn.Module):
     return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
+def standardize(x, dtype: Dtype = jnp.float32, epsilon: float = 1e-6):
+  """LayerNorm without scale and bias over the last axis, in ``dtype``: statistics in float32
+  (or wider), variance as E[x^2] - E[x]^2 and epsilon as ``layer_norm`` (flax's LayerNorm)."""
+  x = x.astype(jnp.promote_types(jnp.float32, x.dtype))
+  mean = x.mean(axis=-1, keepdims=True)
+  var = jnp.maximum(jnp.square(x).mean(axis=-1, keepdims=True) - jnp.square(mean), 0.0)
+  return ((x - mean) * jax.lax.rsqrt(var + epsilon)).astype(dtype)
+
+
 def layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=1e-6, dtype=dtype, name=name)

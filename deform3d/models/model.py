@@ -6,9 +6,9 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from deform3d.models.deformable import DeformableAttention3D, cell_centres, standardize
+from deform3d.models.deformable import DeformableAttention3D, cell_centres
 from deform3d.models.embeddings import PoseEmbed, RGBStem, temporal_pool
-from deform3d.models.layers import DropPath, Mlp, layer_norm
+from deform3d.models.layers import DropPath, Mlp, layer_norm, standardize
 from deform3d.models.stride_attention import (JointStrideAttention, TemporalMerge,
                                               TemporalStrideAttention)
 
