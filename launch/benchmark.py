@@ -158,7 +158,8 @@ def _build(overrides, dtype, batch, image_size):
   return model, params, (frames, keypoints, labels), label
 
 
-def _bench_jax(model, params, data, repeats):
+def _jax_impl(model, params, data):
+  """The jitted JAX forward and step as zero-argument callables, with compile times."""
   import optax
   frames, keypoints, labels = data
 
@@ -174,22 +175,17 @@ def _bench_jax(model, params, data, repeats):
   compile_s = time.perf_counter() - t
   t = time.perf_counter()
   fwd_compiled = fwd.lower(params, *xs[:2]).compile()
-  compile_fwd_s = time.perf_counter() - t
-  run_fwd = lambda: jax.block_until_ready(fwd_compiled(params, *xs[:2]))
-  run_step = lambda: jax.block_until_ready(compiled(params, *xs))
-  row = {"impl": "jax", "fwd_ms": 1e3 * _median_time(run_fwd, repeats),
-         "fwd_bwd_ms": 1e3 * _median_time(run_step, repeats),
-         "compile_s": compile_s, "compile_fwd_s": compile_fwd_s}
-  _trim()
-  row["peak_mem_mb"] = _mb(peak_memory(run_step, jax.devices()[0]))
+  info = {"impl": "jax", "compile_s": compile_s, "compile_fwd_s": time.perf_counter() - t}
   try:
-    row["xla_temp_mb"] = _mb(compiled.memory_analysis().temp_size_in_bytes)
+    info["xla_temp_mb"] = _mb(compiled.memory_analysis().temp_size_in_bytes)
   except Exception:  # not every backend reports it
     pass
-  return [row]
+  return (info, lambda: jax.block_until_ready(fwd_compiled(params, *xs[:2])),
+          lambda: jax.block_until_ready(compiled(params, *xs)))
 
 
-def _bench_torch(model, params, data, dtype, repeats, torch_compile):
+def _torch_impls(model, params, data, dtype, torch_compile):
+  """The PyTorch reference's forward and step (eager, and optionally torch.compile)."""
   import torch
   import torch_reference
   frames, keypoints, labels = data
@@ -201,7 +197,7 @@ def _bench_torch(model, params, data, dtype, repeats, torch_compile):
   variants = [("torch", torch_reference.forward)]
   if torch_compile:
     variants.append(("torch.compile", torch.compile(torch_reference.forward)))
-  rows = []
+  impls = []
   for impl, forward in variants:
     def t_fwd(forward=forward):
       with torch.no_grad(), autocast():
@@ -217,45 +213,63 @@ def _bench_torch(model, params, data, dtype, repeats, torch_compile):
     t = time.perf_counter()
     t_step()
     first_s = time.perf_counter() - t
-    row = {"impl": impl, "fwd_ms": 1e3 * _median_time(t_fwd, repeats),
-           "fwd_bwd_ms": 1e3 * _median_time(t_step, repeats),
-           "compile_s": first_s if impl == "torch.compile" else 0.0}
-    _trim()
-    row["peak_mem_mb"] = _mb(peak_memory(t_step))
-    rows.append(row)
-  return rows
+    impls.append(({"impl": impl, "compile_s": first_s if impl == "torch.compile" else 0.0},
+                  t_fwd, t_step))
+  return impls
+
+
+def _paired_times(fns, repeats, pause_s=0.05):
+  """Median seconds of each callable, measured in alternation: repeat r times every callable
+  once, in turn, so that all of them see the same state of a shared machine (on a busy 2-core
+  VM a whole minute's drift would otherwise enter the ratios). The pause lets one framework's
+  worker threads go idle before the other runs."""
+  for fn in fns:
+    fn()  # warm up
+  times = [[] for _ in fns]
+  for _ in range(repeats):
+    for i, fn in enumerate(fns):
+      time.sleep(pause_s)
+      t = time.perf_counter()
+      fn()
+      times[i].append(time.perf_counter() - t)
+  return [float(np.median(t)) for t in times]
 
 
 def bench_model(repeats, sizes=None, dtypes=DTYPES, torch_compile=False, log=print):
-  """Rows of the full-model suite (one per size x dtype x implementation). Every JAX row is
-  measured before any torch row, so torch's worker threads cannot slow JAX's timings."""
+  """Rows of the full-model suite (one per size x dtype x implementation). For each size and
+  dtype the implementations' steps are timed in alternation (``_paired_times``), then their
+  peak memory one at a time."""
   try:
     import torch  # noqa: F401
     import torch_reference  # noqa: F401
-    impls = ("jax", "torch")
+    with_torch = True
   except ImportError:
-    impls = ("jax",)
-  cases = [(name, overrides, batch, image_size, dtype)
-           for name, overrides, batch, image_size in sizes or MODEL_SIZES for dtype in dtypes]
+    with_torch = False
   rows = []
-  for impl in impls:
-    for i, (name, overrides, batch, image_size, dtype) in enumerate(cases):
+  for name, overrides, batch, image_size in sizes or MODEL_SIZES:
+    for dtype in dtypes:
       model, params, data, label = _build(overrides, dtype, batch, image_size)
-      label = f"{name} {label}"
-      new = (_bench_jax(model, params, data, repeats) if impl == "jax" else
-             _bench_torch(model, params, data, dtype, repeats, torch_compile))
+      impls = [_jax_impl(model, params, data)]
+      if with_torch:
+        impls += _torch_impls(model, params, data, dtype, torch_compile)
+      fwd_s = _paired_times([f for _, f, _ in impls], repeats)
+      step_s = _paired_times([s for _, _, s in impls], repeats)
+      new = []
+      for (info, _, run_step), f, st in zip(impls, fwd_s, step_s):
+        _trim()
+        device = jax.devices()[0] if info["impl"] == "jax" else None
+        row = dict(info, fwd_ms=1e3 * f, fwd_bwd_ms=1e3 * st,
+                   peak_mem_mb=_mb(peak_memory(run_step, device)), size=name,
+                   label=f"{name} {label}", dtype=dtype, batch=batch)
+        new.append(row)
+      base = new[0]
       for r in new:
-        r.update(size=name, label=label, dtype=dtype, batch=batch)
+        r["clips_per_s_fwd_bwd"] = r["batch"] / (r["fwd_bwd_ms"] / 1e3)
+        r["fwd_bwd_speedup_of_jax"] = r["fwd_bwd_ms"] / base["fwd_bwd_ms"]
+        r["fwd_speedup_of_jax"] = r["fwd_ms"] / base["fwd_ms"]
         rows.append(r)
         log(f"[{len(rows)}] " + _row_line(r))
-  jax_rows = {(r["size"], r["dtype"]): r for r in rows if r["impl"] == "jax"}
-  for r in rows:
-    base = jax_rows[(r["size"], r["dtype"])]
-    r["clips_per_s_fwd_bwd"] = r["batch"] / (r["fwd_bwd_ms"] / 1e3)
-    r["fwd_bwd_speedup_of_jax"] = r["fwd_bwd_ms"] / base["fwd_bwd_ms"]
-    r["fwd_speedup_of_jax"] = r["fwd_ms"] / base["fwd_ms"]
-  order = {(c[0], c[4]): i for i, c in enumerate(cases)}
-  return sorted(rows, key=lambda r: (order[(r["size"], r["dtype"])], r["impl"]))
+  return rows
 
 
 def _leaves(tree):
