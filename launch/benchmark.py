@@ -118,13 +118,8 @@ def peak_memory(fn, device=None):
 
 
 def _median_time(fn, repeats):
-  fn()
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
+  """Median seconds of one call of ``fn`` over ``repeats`` calls, after one warm-up call."""
+  return _paired_times([fn], repeats, pause_s=0.0)[0]
 
 
 def _model_inputs(model, batch, image_size, seed=0):
@@ -228,7 +223,8 @@ def _paired_times(fns, repeats, pause_s=0.05):
   times = [[] for _ in fns]
   for _ in range(repeats):
     for i, fn in enumerate(fns):
-      time.sleep(pause_s)
+      if pause_s:
+        time.sleep(pause_s)
       t = time.perf_counter()
       fn()
       times[i].append(time.perf_counter() - t)
