@@ -27,6 +27,11 @@ def base_config() -> ml_collections.ConfigDict:
       offset_strides=(2, 2, 2), offset_range_factor=2.0, joint_window=4,
       joint_strides=(1, 2, 1, 2), temporal_window=4, temporal_strides=(1, 2, 1, 2),
       dropout=0.0, attn_dropout=0.0, drop_path=0.1, layer_scale=0.1, use_rgb=True, use_pose=True,
+      # "paper": RGB tokens and cross-modal tokens are the deformable attention's queries and
+      # are updated every block; "pooled": the earlier design (ablation), docs/model.md.
+      design="paper", num_cross_tokens=2, rgb_merge=True,
+      fast=True,    # speed rewrites of deform3d/models/fast.py (same parameters and function)
+      remat=False,  # recompute each block's activations in the backward pass (less memory)
       dtype="float32"))
 
   c.batch_size = 32  # global batch, split over devices and processes

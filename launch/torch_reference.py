@@ -151,22 +151,22 @@ def pose_embed(p, keypoints, b, cfg):
   return tokens
 
 
-def deformable_attention(p, queries, query_pos, volume, cfg):
+def deformable_attention(p, queries, query_pos, volume, cfg, context=None, context_pos=None,
+                         pool=1):
+  """``volume``: the normalized RGB tokens ``(B, T, H, W, C)``; ``context (B, M, C)`` with
+  positions ``(B, M, 3)``: extra keys/values after the sampled ones."""
   b, t, h, w, c = volume.shape
   g, heads = cfg["num_groups"], cfg["num_heads"]
   cg = c // g
-  volume = layer_norm(p["volume_norm"], volume)
   group = lambda x: x.reshape(b, t, h, w, g, cg).permute(0, 4, 1, 2, 3, 5).reshape(b * g, t, h, w, cg)
-  off_in = group(dense(p["offset_proj"], volume))
+  off_in = group(dense(p["offset_proj"], volume)).permute(0, 4, 1, 2, 3)  # (B*G, Cg, T, H, W)
   st, sh, sw = cfg["offset_strides"]
   pads = [(-n) % s for n, s in zip((t, h, w), (st, sh, sw))]
-  if any(pads):  # edge padding of T, H, W (channels-last): replicate on a channels-first view
-    off_in = F.pad(off_in.permute(0, 4, 1, 2, 3), (0, pads[2], 0, pads[1], 0, pads[0]),
-                   mode="replicate").permute(0, 2, 3, 4, 1)
-  patches = patchify(off_in, st, sh, sw)
-  patches = patches.reshape(patches.shape[:-1] + (st * sh * sw, cg))
-  dw = p["offset_dwconv"]
-  off = (patches * dw["kernel"]).sum(dim=-2) + dw["bias"]
+  if any(pads):
+    off_in = F.pad(off_in, (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate")
+  dw = p["offset_dwconv"]  # flax nn.Conv kernel (kt, kh, kw, 1, Cg) -> torch (Cg, 1, kt, kh, kw)
+  off = F.conv3d(off_in, dw["kernel"].permute(4, 3, 0, 1, 2), dw["bias"], stride=(st, sh, sw),
+                 groups=cg).permute(0, 2, 3, 4, 1)
   off = gelu(layer_norm(p["offset_norm"], off))
   off = dense(p["offset_out"], off.float())                         # (B*G, Ts, Hs, Ws, 3)
   ts, hs, ws = off.shape[1:4]
@@ -178,16 +178,19 @@ def deformable_attention(p, queries, query_pos, volume, cfg):
   sampled = F.grid_sample(grouped, pos.to(grouped.dtype), mode="bilinear", padding_mode="zeros",
                           align_corners=False)                      # (B*G, Cg, Ts, Hs, Ws)
   ns = ts * hs * ws
-  sampled = sampled.reshape(b, g, cg, ns).permute(0, 3, 1, 2).reshape(b, ns, c)
-  points = pos.reshape(b, g, ns, 3)
-  fc1 = p["rpb_fc1"]
-  hq = query_pos.float() @ fc1["kernel"] + fc1["bias"]              # (B, Q, hid)
-  hp = points @ fc1["kernel"]                                       # (B, G, Ns, hid)
-  hidden = torch.relu(hq[:, None, :, None, :] - hp[:, :, None, :, :])
-  bias = dense(p["rpb_fc2"], hidden.to(queries.dtype))              # (B, G, Q, Ns, H/G)
-  q_len = queries.shape[1]
-  bias = bias.permute(0, 1, 4, 2, 3).reshape(b, heads, q_len, ns)
-  return mha(p["attn"], queries, sampled, heads, bias=bias.float())
+  keys = sampled.reshape(b, g, cg, ns).permute(0, 3, 1, 2).reshape(b, ns, c)
+  key_pos = pos.reshape(b, g, ns, 3)
+  if context is not None:
+    keys = torch.cat([keys, context], dim=1)
+    key_pos = torch.cat([key_pos, context_pos[:, None].expand(b, g, -1, 3)], dim=2)
+  rel = query_pos[:, None, :, None, :] - key_pos[:, :, None, :, :]  # (B, G, Q, Nk, 3)
+  hidden = torch.relu(dense(p["rpb_fc1"], rel.float()))
+  bias = dense(p["rpb_fc2"], hidden)                                # (B, G, Q, Nk, H/G)
+  bias = bias.permute(0, 1, 4, 2, 3).reshape(b, heads, query_pos.shape[1], keys.shape[1])
+  out = mha(p["attn"], queries, keys, heads, bias=bias)
+  if pool > 1:
+    out = out.reshape(b, -1, pool, c).mean(dim=2)
+  return out
 
 
 def joint_stride_attention(p, z, cfg, stride, idx):
@@ -221,34 +224,86 @@ def temporal_stride_attention(p, z, cfg):
   return out.reshape(b, n, t + pad, c)[:, :, :t].permute(0, 2, 1, 3)
 
 
-def temporal_merge(p, z, pos, stride):
+def temporal_merge(p, z, stride):
   if stride == 1:
-    return z, pos
+    return z
   b, t, n, c = z.shape
-  z, pos = pad_frames(z, stride), pad_frames(pos, stride)
+  z = pad_frames(z, stride)
   t2 = z.shape[1] // stride
   z = z.reshape(b, t2, stride, n, c).permute(0, 1, 3, 2, 4).reshape(b, t2, n, stride * c)
-  z = dense(p["reduce"], layer_norm(p["norm"], z))
-  return z, pos.reshape(b, t2, stride, n, 3).mean(dim=2)
+  return dense(p["reduce"], layer_norm(p["norm"], z))
 
 
-def block(p, z, pos, volume, cfg, i, train, groups):
-  rate = cfg["drop_path"] * i / max(cfg["depth"] - 1, 1)
-  res = lambda name, y: drop_path(y * p[f"{name}_scale"] if cfg["layer_scale"] else y, rate, train)
+def cross_positions(b, t, k):
+  time = cell_centres(t)[:, None, None].expand(t, k, 1)
+  return torch.cat([torch.zeros(t, k, 2), time], dim=-1).reshape(1, t * k, 3).expand(b, t * k, 3)
+
+
+def mlp(p, x):
+  return dense(p["fc2"], gelu(dense(p["fc1"], x)))
+
+
+def temporal_layers(p, z, cfg, i, res):
+  z = z + res("drop_temporal", temporal_stride_attention(
+      p["temporal_attn"], layer_norm(p["norm_temporal"], z), cfg))
+  z = temporal_merge(p.get("temporal_merge"), z, cfg["temporal_strides"][i])
+  return z + res("drop_mlp", mlp(p["mlp"], layer_norm(p["norm_mlp"], z)))
+
+
+def block(p, rgb, cross, pose, cfg, i, train, groups):
+  """The paper's block (docs/model.md): deformable attention with RGB + cross-modal queries and
+  sampled + cross-modal keys, RGB MLP, joint stride attention with the cross-attention token
+  (mean of the K cross tokens), temporal stride attention, merges, MLP."""
+  res = _residual(p, cfg, i, train)
+  b, t, k, c = cross.shape
+  if rgb is not None:
+    _, tr, h, w, _ = rgb.shape
+    n = tr * h * w
+    x = layer_norm(p["norm_rgb"], rgb)
+    m = layer_norm(p["norm_cross"], cross).reshape(b, t * k, c)
+    zz, yy, xx = torch.meshgrid(cell_centres(tr), cell_centres(h), cell_centres(w), indexing="ij")
+    rgb_pos = torch.stack([xx, yy, zz], dim=-1).reshape(1, n, 3).expand(b, n, 3)
+    m_pos = cross_positions(b, t, k)
+    y = deformable_attention(p["cross_attn"], torch.cat([x.reshape(b, n, c), m], dim=1),
+                             torch.cat([rgb_pos, m_pos], dim=1), x, cfg, m, m_pos)
+    rgb = rgb + res("drop_rgb", y[:, :n].reshape(rgb.shape))
+    cross = cross + res("drop_cross", y[:, n:].reshape(cross.shape))
+    rgb = rgb + res("drop_rgb_mlp", mlp(p["rgb_mlp"], layer_norm(p["norm_rgb_mlp"], rgb)))
+  z = torch.cat([cross.mean(dim=2, keepdim=True), pose], dim=2)
+  y = res("drop_joint", joint_stride_attention(p["joint_attn"], layer_norm(p["norm_joint"], z),
+                                               cfg, cfg["joint_strides"][i], groups))
+  cross, pose = cross + y[:, :, :1], pose + y[:, :, 1:]
+  z = temporal_layers(p, torch.cat([cross, pose], dim=2), cfg, i, res)
+  if rgb is not None and cfg["rgb_merge"]:
+    _, tr, h, w, _ = rgb.shape
+    rgb = temporal_merge(p.get("rgb_merge"), rgb.reshape(b, tr, h * w, c),
+                         cfg["temporal_strides"][i])
+    rgb = rgb.reshape(b, rgb.shape[1], h, w, c)
+  return rgb, z[:, :, :k], z[:, :, k:]
+
+
+def pooled_block(p, rgb, cross, pose, pose_pos, cfg, i, train, groups):
+  """The earlier design (``design="pooled"``): cross + joint tokens query the never-updated RGB
+  tokens; the mean of a frame's outputs updates its one cross token."""
+  res = _residual(p, cfg, i, train)
+  z = torch.cat([cross, pose], dim=2)
   b, t, n, c = z.shape
-  if volume is not None:
+  if rgb is not None:
     q = layer_norm(p["norm_cross"], z).reshape(b, t * n, c)
-    y = deformable_attention(p["cross_attn"], q, pos.reshape(b, t * n, 3), volume, cfg)
-    y = res("drop_cross", y.reshape(b, t, n, -1).mean(dim=2, keepdim=True))
-    z = torch.cat([z[:, :, :1] + y, z[:, :, 1:]], dim=2)
-  y = joint_stride_attention(p["joint_attn"], layer_norm(p["norm_joint"], z), cfg,
-                             cfg["joint_strides"][i], groups)
-  z = z + res("drop_joint", y)
-  y = temporal_stride_attention(p["temporal_attn"], layer_norm(p["norm_temporal"], z), cfg)
-  z = z + res("drop_temporal", y)
-  z, pos = temporal_merge(p.get("temporal_merge"), z, pos, cfg["temporal_strides"][i])
-  y = dense(p["mlp"]["fc2"], gelu(dense(p["mlp"]["fc1"], layer_norm(p["norm_mlp"], z))))
-  return z + res("drop_mlp", y), pos
+    q_pos = torch.cat([cross_positions(b, t, 1).reshape(b, t, 1, 3), pose_pos], dim=2)
+    y = deformable_attention(p["cross_attn"], q, q_pos.reshape(b, t * n, 3),
+                             layer_norm(p["norm_rgb"], rgb), cfg, pool=n)
+    z = torch.cat([z[:, :, :1] + res("drop_cross", y.reshape(b, t, 1, c)), z[:, :, 1:]], dim=2)
+  z = z + res("drop_joint", joint_stride_attention(
+      p["joint_attn"], layer_norm(p["norm_joint"], z), cfg, cfg["joint_strides"][i], groups))
+  z = temporal_layers(p, z, cfg, i, res)
+  return z[:, :, :1], z[:, :, 1:], temporal_pool(pose_pos, cfg["temporal_strides"][i])
+
+
+def _residual(p, cfg, i, train):
+  rate = cfg["drop_path"] * i / max(cfg["depth"] - 1, 1)
+  return lambda name, y: drop_path(y * p[f"{name}_scale"] if cfg["layer_scale"] else y, rate,
+                                   train)
 
 
 def forward(params, frames, keypoints, cfg, train: bool = False):
@@ -258,22 +313,29 @@ def forward(params, frames, keypoints, cfg, train: bool = False):
     raise ValueError("torch_reference: dropout and attn_dropout must be 0 (the reference "
                      "implements drop path only)")
   b = keypoints.shape[0]
-  volume = rgb_stem(params["rgb_stem"], frames, cfg) if cfg["use_rgb"] else None
-  tokens = pose_embed(params["pose_embed"], keypoints, b, cfg)
-  t, j, c = tokens.shape[1], cfg["num_joints"], cfg["embed_dim"]
-  cross = params["cross_token"].expand(b, t, 1, c)
-  if volume is not None:
-    pooled = torch.cat([volume.mean(dim=(2, 3)), volume.amax(dim=(2, 3))], dim=-1)
-    cross = cross + dense(params["cross_init"], pooled)[:, :, None]
-  z = torch.cat([cross, tokens], dim=2)
-  time = cell_centres(t)[None, :, None, None].expand(b, t, 1 + j, 1)
-  xy = torch.zeros((b, t, 1 + j, 2))
-  if cfg["use_pose"]:
-    joints_xy = temporal_pool(keypoints[..., :2].float(), cfg["stem_temporal_stride"])
-    xy = torch.cat([xy[:, :, :1], joints_xy.clamp(-1.0, 1.0)], dim=2)
-  pos = torch.cat([xy, time], dim=-1)
+  rgb = rgb_stem(params["rgb_stem"], frames, cfg) if cfg["use_rgb"] else None
+  pose = pose_embed(params["pose_embed"], keypoints, b, cfg)
+  t, j, c = pose.shape[1], cfg["num_joints"], cfg["embed_dim"]
+  paper = cfg["design"] == "paper"
+  k = cfg["num_cross_tokens"] if paper else 1
+  cross = params["cross_token"].expand(b, t, k, c)
+  if rgb is not None:
+    pooled = torch.cat([rgb.mean(dim=(2, 3)), rgb.amax(dim=(2, 3))], dim=-1)
+    init = dense(params["cross_init"], pooled)[:, :, None]
+    cross = torch.cat([cross[:, :, :1] + init, cross[:, :, 1:]], dim=2)
+  pose_pos = None
+  if not paper:
+    xy = torch.zeros((b, t, j, 2))
+    if cfg["use_pose"]:
+      xy = temporal_pool(keypoints[..., :2].float(), cfg["stem_temporal_stride"]).clamp(-1.0, 1.0)
+    time = cell_centres(t)[None, :, None, None].expand(b, t, j, 1)
+    pose_pos = torch.cat([xy, time], dim=-1)
   for i in range(cfg["depth"]):
     groups = joint_groups(j, min(cfg["joint_window"], j), cfg["joint_strides"][i])
-    z, pos = block(params[f"block{i}"], z, pos, volume, cfg, i, train, groups)
-  cls = layer_norm(params["norm_out"], z[:, :, 0].mean(dim=1))
+    if paper:
+      rgb, cross, pose = block(params[f"block{i}"], rgb, cross, pose, cfg, i, train, groups)
+    else:
+      cross, pose, pose_pos = pooled_block(params[f"block{i}"], rgb, cross, pose, pose_pos, cfg,
+                                           i, train, groups)
+  cls = layer_norm(params["norm_out"], cross.mean(dim=(1, 2)))
   return dense(params["head"], cls.float())

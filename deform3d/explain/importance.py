@@ -12,11 +12,12 @@ runs anywhere (no TensorFlow, no accelerator). Definitions (docs/explain.md):
   where the model attends more than chance. Blocks see fewer temporal tokens after each temporal
   merge; a token's value is repeated over the input frames it covers.
 * **Frame importance** ``(T,)``: in each block's temporal stride attention, the attention the
-  cross tokens of a window pay to each frame of the window, averaged over heads and queries; the
+  first cross-modal token of a window pays to each frame of the window, averaged over heads and queries; the
   windows' values are divided by the number of windows, so the row sums to 1 over the clip.
 * **Sampling points**: the 3-D deformable attention's sampled locations ``(G, Ns, 3)`` (x, y in
   ``[-1, 1]`` of the frame, z in ``[-1, 1]`` of time) of every block, with the attention they
-  receive from all queries, averaged over the heads that read their channel group.
+  receive from all queries, averaged over the heads that read their channel group and
+  normalized over the sampled keys (the cross-modal tokens, also keys, are left out).
 
 Which blocks: every block's maps are returned; the summary (``mean``) averages the blocks in
 ``blocks``, by default only the first. Only there is joint token ``j`` still joint ``j``'s own
@@ -123,8 +124,9 @@ def sampling_points(maps, model, index: int = 0) -> list:
       continue
     points = np.asarray(maps[key][index], np.float64)                     # (G, Ns, 3)
     att = np.asarray(maps[f"block{i}/cross_attn/attn/attention"][index], np.float64)
-    g = points.shape[0]
-    per_head = att.mean(axis=1)                                           # (heads, Ns)
+    g, ns = points.shape[:2]
+    # Keys are the Ns sampled tokens, then (paper design) the cross-modal tokens.
+    per_head = att[..., :ns].mean(axis=1)                                 # (heads, Ns)
     weight = per_head.reshape(g, -1, per_head.shape[-1]).mean(axis=1)      # (G, Ns)
     out.append({"block": i, "points": points, "weight": weight / weight.sum()})
   return out

@@ -1,4 +1,12 @@
-"""The cross-modal 3D deformable transformer (Kim, Ahn, Ko, ICCV 2023)."""
+"""The cross-modal 3D deformable transformer (Kim, Ahn, Ko, ICCV 2023), plain form.
+
+This file is the definition of the model (docs/model.md maps it to the paper and marks our own
+choices). ``fast=True`` swaps in the subclasses of ``fast.py``: the same parameters and the same
+function, computed faster (tested equal in tests/test_fast_paths.py).
+
+Streams, per clip: RGB tokens ``(T, H, W, C)`` from the stem, pose tokens ``(T, J, C)`` and
+``K`` cross-modal tokens per frame ``(T, K, C)``.
+"""
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
@@ -6,23 +14,25 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from deform3d.models.deformable import DeformableAttention3D, cell_centres
+from deform3d.models.deformable import DeformableAttention3D, cell_centres, reference_grid
 from deform3d.models.embeddings import PoseEmbed, RGBStem, temporal_pool
-from deform3d.models.layers import DropPath, Mlp, layer_norm, standardize
+from deform3d.models.layers import DropPath, Mlp, layer_norm
 from deform3d.models.stride_attention import (JointStrideAttention, TemporalMerge,
                                               TemporalStrideAttention)
 
 Dtype = Any
+DESIGNS = ("paper", "pooled")
 
 
-class Deform3DBlock(nn.Module):
-  """One block: deformable cross-attention, joint stride, temporal stride attention, MLP.
+def cross_positions(batch: int, t: int, k: int):
+  """Positions ``(B, T * K, 3)`` of the cross-modal tokens: image centre, frame time (ours)."""
+  time = jnp.broadcast_to(cell_centres(t)[:, None, None], (t, k, 1))
+  pos = jnp.concatenate([jnp.zeros((t, k, 2), jnp.float32), time], axis=-1)
+  return jnp.broadcast_to(pos.reshape(1, t * k, 3), (batch, t * k, 3))
 
-  ``z (B, T, 1 + J, C)``, ``pos (B, T, 1 + J, 3)``, ``volume (B, T', H', W', C)`` or ``None``
-  (pose-only) -> ``z``, ``pos`` with ``T`` reduced by ``temporal_stride``. ``volume`` is the
-  standardized RGB volume (``deformable.standardize`` of the stem's output, computed once for
-  all blocks); each block's deformable attention applies its own LayerNorm scale and bias.
-  """
+
+class _BlockBase(nn.Module):
+  """Fields and sub-layer helpers shared by both block designs."""
   num_heads: int
   num_groups: int
   offset_strides: Sequence[int]
@@ -36,49 +46,122 @@ class Deform3DBlock(nn.Module):
   attn_dropout: float
   drop_path: float
   layer_scale: float
+  rgb_merge: bool
   dtype: Dtype
+  # Sub-layer classes; fast.py's blocks replace them with their rewritten subclasses.
+  Deformable = DeformableAttention3D
+  JointAttention = JointStrideAttention
+  TemporalAttention = TemporalStrideAttention
+
+  def residual(self, name, y, deterministic):
+    """Residual branch: per-channel LayerScale (CaiT) then drop path."""
+    if self.layer_scale:
+      gamma = self.param(f"{name}_scale", nn.initializers.constant(self.layer_scale),
+                         (y.shape[-1],))
+      y = y * gamma.astype(y.dtype)
+    return DropPath(self.drop_path, name=name)(y, deterministic=deterministic)
+
+  def kw(self):
+    return dict(attn_dropout=self.attn_dropout, proj_dropout=self.dropout, dtype=self.dtype)
+
+  def deformable(self):
+    return self.Deformable(self.num_heads, num_groups=self.num_groups,
+                           offset_strides=tuple(self.offset_strides),
+                           offset_range_factor=self.offset_range_factor, name="cross_attn",
+                           **self.kw())
+
+  def pose_layers(self, z, deterministic):
+    """Joint stride attention on ``z (B, T, 1 + J, C)`` (cross-attention token + pose tokens)."""
+    y = self.JointAttention(self.num_heads, window=self.joint_window, stride=self.joint_stride,
+                            name="joint_attn", **self.kw())(
+                                layer_norm("norm_joint", self.dtype)(z), deterministic=deterministic)
+    return self.residual("drop_joint", y, deterministic)
+
+  def temporal_layers(self, z, deterministic):
+    """Temporal stride attention, temporal merge and MLP on ``z (B, T, N, C)``."""
+    y = self.TemporalAttention(self.num_heads, window=self.temporal_window, name="temporal_attn",
+                               **self.kw())(layer_norm("norm_temporal", self.dtype)(z),
+                                            deterministic=deterministic)
+    z = z + self.residual("drop_temporal", y, deterministic)
+    z = TemporalMerge(self.temporal_stride, dtype=self.dtype, name="temporal_merge")(z)
+    y = Mlp(int(z.shape[-1] * self.mlp_ratio), dropout=self.dropout, dtype=self.dtype,
+            name="mlp")(layer_norm("norm_mlp", self.dtype)(z), deterministic=deterministic)
+    return z + self.residual("drop_mlp", y, deterministic)
+
+
+class Block(_BlockBase):
+  """The paper's block: two modality streams fused through the cross-modal tokens.
+
+  ``rgb (B, T, H, W, C)`` or ``None`` (pose-only), ``cross (B, T, K, C)``, ``pose (B, T, J, C)``
+  -> the same streams, ``T`` reduced by ``temporal_stride``.
+
+  1. 3D deformable attention: queries = RGB tokens and cross-modal tokens; keys/values = the
+     tokens found by the 3D token search and the cross-modal tokens. RGB and cross-modal tokens
+     are updated residually, then the RGB tokens pass their own MLP.
+  2. Local joint stride attention over the cross-attention token (the mean of the frame's ``K``
+     cross-modal tokens, ours) and the pose tokens; its update of the cross-attention token is
+     added to each cross-modal token.
+  3. Temporal stride attention over cross-modal and pose tokens, temporal merge (the RGB stream
+     is merged with the same stride when ``rgb_merge``, ours), MLP.
+  """
 
   @nn.compact
-  def __call__(self, z, pos, volume, *, deterministic: bool = True):
-    kw = dict(attn_dropout=self.attn_dropout, proj_dropout=self.dropout, dtype=self.dtype)
-    c = z.shape[-1]
+  def __call__(self, rgb, cross, pose, pose_pos, deterministic: bool = True):
+    b, t, k, c = cross.shape
+    if rgb is not None:
+      _, tr, h, w, _ = rgb.shape
+      x = layer_norm("norm_rgb", self.dtype)(rgb)
+      m = layer_norm("norm_cross", self.dtype)(cross).reshape(b, t * k, c)
+      rgb_pos = jnp.broadcast_to(reference_grid((tr, h, w)).reshape(1, tr * h * w, 3),
+                                 (b, tr * h * w, 3))
+      m_pos = cross_positions(b, t, k)
+      y = self.deformable()(jnp.concatenate([x.reshape(b, tr * h * w, c), m], axis=1),
+                            jnp.concatenate([rgb_pos, m_pos], axis=1), x, m, m_pos,
+                            deterministic=deterministic)
+      rgb = rgb + self.residual("drop_rgb", y[:, :tr * h * w].reshape(rgb.shape), deterministic)
+      cross = cross + self.residual("drop_cross", y[:, tr * h * w:].reshape(cross.shape),
+                                    deterministic)
+      y = Mlp(int(c * self.mlp_ratio), dropout=self.dropout, dtype=self.dtype, name="rgb_mlp")(
+          layer_norm("norm_rgb_mlp", self.dtype)(rgb), deterministic=deterministic)
+      rgb = rgb + self.residual("drop_rgb_mlp", y, deterministic)
 
-    def drop(name):
-      """Residual branch: per-channel LayerScale (CaiT) then drop path."""
-      path = DropPath(self.drop_path, name=name)
-      if not self.layer_scale:
-        return path
-      gamma = self.param(f"{name}_scale", nn.initializers.constant(self.layer_scale), (c,))
-      return lambda y, deterministic: path(y * gamma.astype(y.dtype), deterministic=deterministic)
+    y = self.pose_layers(jnp.concatenate([cross.mean(axis=2, keepdims=True), pose], axis=2),
+                         deterministic)
+    cross, pose = cross + y[:, :, :1], pose + y[:, :, 1:]
 
-    b, t, n, _ = z.shape
-    if volume is not None:
+    z = self.temporal_layers(jnp.concatenate([cross, pose], axis=2), deterministic)
+    if rgb is not None and self.rgb_merge:
+      _, tr, h, w, _ = rgb.shape
+      rgb = TemporalMerge(self.temporal_stride, dtype=self.dtype, name="rgb_merge")(
+          rgb.reshape(b, tr, h * w, c))
+      rgb = rgb.reshape(b, rgb.shape[1], h, w, c)
+    return rgb, z[:, :, :k], z[:, :, k:], pose_pos
+
+
+class PooledBlock(_BlockBase):
+  """The earlier design (ablation ``design="pooled"``): the RGB tokens are never updated.
+
+  The cross token and the joint tokens of each frame are the deformable attention's queries (at
+  the joints' image positions), the sampled tokens alone its keys/values, and the mean of a
+  frame's ``1 + J`` outputs is added to its single cross token; then the same joint and temporal
+  layers as ``Block``.
+  """
+
+  @nn.compact
+  def __call__(self, rgb, cross, pose, pose_pos, deterministic: bool = True):
+    b, t, _, c = cross.shape
+    z = jnp.concatenate([cross, pose], axis=2)                              # (B, T, 1 + J, C)
+    n = z.shape[2]
+    if rgb is not None:
       q = layer_norm("norm_cross", self.dtype)(z).reshape(b, t * n, c)
-      y = DeformableAttention3D(self.num_heads, num_groups=self.num_groups,
-                                offset_strides=self.offset_strides,
-                                offset_range_factor=self.offset_range_factor, name="cross_attn",
-                                **kw)(q, pos.reshape(b, t * n, 3), volume,
-                                      pool_queries=n, standardized=True,
-                                      deterministic=deterministic)
-      # The frame's cross-attention token: mean of the outputs of its cross and joint queries
-      # (each joint query looks around its own location), pooled inside the attention.
-      # Joint tokens stay pose tokens.
-      y = y.reshape(b, t, 1, -1)
-      y = drop("drop_cross")(y, deterministic=deterministic)
+      q_pos = jnp.concatenate([cross_positions(b, t, 1).reshape(b, t, 1, 3), pose_pos], axis=2)
+      y = self.deformable()(q, q_pos.reshape(b, t * n, 3), layer_norm("norm_rgb", self.dtype)(rgb),
+                            pool_queries=n, deterministic=deterministic)  # (B, T, C)
+      y = self.residual("drop_cross", y.reshape(b, t, 1, c), deterministic)
       z = jnp.concatenate([z[:, :, :1] + y, z[:, :, 1:]], axis=2)
-    y = JointStrideAttention(self.num_heads, window=self.joint_window, stride=self.joint_stride,
-                             name="joint_attn", **kw)(layer_norm("norm_joint", self.dtype)(z),
-                                                      deterministic=deterministic)
-    z = z + drop("drop_joint")(y, deterministic=deterministic)
-    y = TemporalStrideAttention(self.num_heads, window=self.temporal_window, name="temporal_attn",
-                                **kw)(layer_norm("norm_temporal", self.dtype)(z),
-                                      deterministic=deterministic)
-    z = z + drop("drop_temporal")(y, deterministic=deterministic)
-    z, pos = TemporalMerge(self.temporal_stride, dtype=self.dtype, name="temporal_merge")(z, pos)
-    y = Mlp(int(c * self.mlp_ratio), dropout=self.dropout, dtype=self.dtype,
-            name="mlp")(layer_norm("norm_mlp", self.dtype)(z), deterministic=deterministic)
-    z = z + drop("drop_mlp")(y, deterministic=deterministic)
-    return z, pos
+    z = z + self.pose_layers(z, deterministic)
+    z = self.temporal_layers(z, deterministic)
+    return rgb, z[:, :, :1], z[:, :, 1:], temporal_pool(pose_pos, self.temporal_stride)
 
 
 class Deform3DTransformer(nn.Module):
@@ -89,9 +172,10 @@ class Deform3DTransformer(nn.Module):
   a confidence score, are embedded too). Either modality can be switched off for ablations
   (``use_rgb=False`` ignores ``frames``; ``use_pose=False`` ignores ``keypoints``' values).
 
-  Token layout: per frame one learned cross-modal token followed by the ``J`` joint tokens. The
-  cross tokens of the last block, averaged over time, feed the classifier.
-
+  ``design="paper"`` (default) uses ``Block``; ``"pooled"`` the earlier ``PooledBlock`` (one
+  cross token, RGB never updated). The cross-modal tokens of the last block, averaged over time
+  and tokens, feed the classifier. ``fast`` selects the rewritten modules of ``fast.py`` (same
+  parameters, same function); ``remat`` recomputes each block's activations in the backward pass.
   Every attention sows its weights into ``intermediates`` (see ``deform3d.models.attention_maps``).
   """
   num_classes: int
@@ -116,70 +200,93 @@ class Deform3DTransformer(nn.Module):
   layer_scale: float = 0.1
   use_rgb: bool = True
   use_pose: bool = True
+  design: str = "paper"
+  num_cross_tokens: int = 2
+  rgb_merge: bool = True
+  fast: bool = True
+  remat: bool = False
   dtype: Dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, frames: Optional[jnp.ndarray], keypoints: Optional[jnp.ndarray], *,
-               train: bool = False):
+  def _check(self, frames, keypoints):
     if not (self.use_rgb or self.use_pose):
       raise ValueError("Deform3DTransformer: at least one of use_rgb / use_pose must be True")
+    if self.design not in DESIGNS:
+      raise ValueError(f"Deform3DTransformer: design must be one of {DESIGNS}, got "
+                       f"{self.design!r}")
+    if self.num_cross_tokens not in (1, 2):
+      raise ValueError("Deform3DTransformer: num_cross_tokens must be 1 or 2, got "
+                       f"{self.num_cross_tokens}")
     for name, seq in (("joint_strides", self.joint_strides),
                       ("temporal_strides", self.temporal_strides)):
       if len(seq) != self.depth:
         raise ValueError(f"Deform3DTransformer: {name} has {len(seq)} entries, depth is "
                          f"{self.depth}")
-    deterministic = not train
     ref = frames if self.use_rgb else keypoints
     if ref is None:
       raise ValueError("Deform3DTransformer: frames are required with use_rgb=True and "
                        "keypoints with use_rgb=False")
-    b = ref.shape[0]
+    if self.use_rgb and frames.shape[1] != self.num_frames:
+      raise ValueError(f"Deform3DTransformer: frames must have T={self.num_frames} frames, got "
+                       f"shape {frames.shape}")
+    return ref.shape[0]
+
+  def block_class(self):
+    if self.fast:
+      from deform3d.models import fast  # the rewrites import this module
+      cls = fast.FastBlock if self.design == "paper" else fast.FastPooledBlock
+    else:
+      cls = Block if self.design == "paper" else PooledBlock
+    # Arguments: self, rgb, cross, pose, pose_pos, deterministic (static).
+    return nn.remat(cls, static_argnums=(5,)) if self.remat else cls
+
+  @nn.compact
+  def __call__(self, frames: Optional[jnp.ndarray], keypoints: Optional[jnp.ndarray], *,
+               train: bool = False):
+    b = self._check(frames, keypoints)
     c = self.embed_dim
-
-    volume = None
+    rgb = None
     if self.use_rgb:
-      if frames.shape[1] != self.num_frames:
-        raise ValueError(f"Deform3DTransformer: frames must have T={self.num_frames} frames, got "
-                         f"shape {frames.shape}")
-      volume = RGBStem(c, spatial_strides=self.stem_strides,
-                       temporal_stride=self.stem_temporal_stride, dtype=self.dtype,
-                       name="rgb_stem")(frames)
-    pose_tokens = PoseEmbed(c, self.num_joints, self.num_frames,
-                            temporal_stride=self.stem_temporal_stride, use_coords=self.use_pose,
-                            dtype=self.dtype, name="pose_embed")(keypoints, b)
-    t = pose_tokens.shape[1]
-    cross = self.param("cross_token", nn.initializers.normal(0.02), (1, 1, 1, c))
-    cross = jnp.broadcast_to(cross.astype(self.dtype), (b, t, 1, c))
-    if volume is not None:
-      # Each frame's cross-modal token starts from that frame's pooled RGB tokens (mean and max
-      # over space), so small salient objects reach the fusion token from the first step.
-      pooled = jnp.concatenate([volume.mean(axis=(2, 3)), volume.max(axis=(2, 3))], axis=-1)
-      cross = cross + nn.Dense(c, dtype=self.dtype, name="cross_init")(pooled)[:, :, None]
-    z = jnp.concatenate([cross, pose_tokens], axis=2)
+      rgb = RGBStem(c, spatial_strides=self.stem_strides,
+                    temporal_stride=self.stem_temporal_stride, dtype=self.dtype,
+                    name="rgb_stem")(frames)
+    pose = PoseEmbed(c, self.num_joints, self.num_frames, temporal_stride=self.stem_temporal_stride,
+                     use_coords=self.use_pose, dtype=self.dtype, name="pose_embed")(keypoints, b)
+    t = pose.shape[1]
 
-    # Query positions (x, y, z=time) used by the deformable attention's relative position bias.
-    time = jnp.broadcast_to(cell_centres(t)[None, :, None, None], (b, t, 1 + self.num_joints, 1))
-    xy = jnp.zeros((b, t, 1 + self.num_joints, 2), jnp.float32)
-    if self.use_pose:
-      joints_xy = temporal_pool(keypoints[..., :2].astype(jnp.float32), self.stem_temporal_stride)
-      xy = xy.at[:, :, 1:].set(jnp.clip(joints_xy, -1.0, 1.0))
-    pos = jnp.concatenate([xy, time], axis=-1)
+    # Cross-modal tokens, K per frame: learned vectors; the first also gets a projection of the
+    # frame's pooled RGB tokens (mean and max over space, ours), so that a small salient object
+    # reaches the fusion tokens from the first step. Pose reaches them through the joint
+    # attention. With K = 2 the cross-attention token is their mean (ours).
+    k = self.num_cross_tokens if self.design == "paper" else 1
+    cross = self.param("cross_token", nn.initializers.normal(0.02), (1, 1, k, c))
+    cross = jnp.broadcast_to(cross.astype(self.dtype), (b, t, k, c))
+    if rgb is not None:
+      pooled = jnp.concatenate([rgb.mean(axis=(2, 3)), rgb.max(axis=(2, 3))], axis=-1)
+      cross = cross.at[:, :, 0].add(nn.Dense(c, dtype=self.dtype, name="cross_init")(pooled))
 
-    if volume is not None:
-      volume = standardize(volume, self.dtype)
+    # Joint positions (x, y, time) for the pooled design's relative-position bias.
+    pose_pos = None
+    if self.design == "pooled":
+      xy = jnp.zeros((b, t, self.num_joints, 2), jnp.float32)
+      if self.use_pose:
+        xy = jnp.clip(temporal_pool(keypoints[..., :2].astype(jnp.float32),
+                                    self.stem_temporal_stride), -1.0, 1.0)
+      time = jnp.broadcast_to(cell_centres(t)[None, :, None, None], (b, t, self.num_joints, 1))
+      pose_pos = jnp.concatenate([xy, time], axis=-1)
+
+    block_cls = self.block_class()
     for i in range(self.depth):
-      rate = self.drop_path * i / max(self.depth - 1, 1)
-      z, pos = Deform3DBlock(
+      rgb, cross, pose, pose_pos = block_cls(
           num_heads=self.num_heads, num_groups=self.num_groups,
           offset_strides=tuple(self.offset_strides), offset_range_factor=self.offset_range_factor,
           joint_window=self.joint_window, joint_stride=self.joint_strides[i],
           temporal_window=self.temporal_window, temporal_stride=self.temporal_strides[i],
           mlp_ratio=self.mlp_ratio, dropout=self.dropout, attn_dropout=self.attn_dropout,
-          drop_path=rate, layer_scale=self.layer_scale, dtype=self.dtype, name=f"block{i}")(z, pos, volume,
-                                                               deterministic=deterministic)
+          drop_path=self.drop_path * i / max(self.depth - 1, 1), layer_scale=self.layer_scale,
+          rgb_merge=self.rgb_merge, dtype=self.dtype, name=f"block{i}")(
+              rgb, cross, pose, pose_pos, not train)
 
-    cls = layer_norm("norm_out", self.dtype)(z[:, :, 0].mean(axis=1))
-    cls = nn.Dropout(self.dropout)(cls, deterministic=deterministic)
-    logits = nn.Dense(self.num_classes, dtype=jnp.float32, kernel_init=nn.initializers.zeros,
-                      name="head")(cls)
-    return logits
+    cls = layer_norm("norm_out", self.dtype)(cross.mean(axis=(1, 2)))
+    cls = nn.Dropout(self.dropout)(cls, deterministic=not train)
+    return nn.Dense(self.num_classes, dtype=jnp.float32, kernel_init=nn.initializers.zeros,
+                    name="head")(cls)
