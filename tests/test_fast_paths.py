@@ -1,22 +1,29 @@
-"""The rewritten computations of the speed work (docs/performance.md) against direct forms.
+"""The speed rewrites (``deform3d/models/fast.py``) against the plain model, the definition.
 
-Each fast path must equal the straightforward computation it replaces, values and gradients, on
-random inputs: custom-VJP batched matmuls vs ``jnp.einsum`` autodiff, the sampler's weight sum
-vs a float64 loop, the projection folded into the depthwise conv vs projecting first, the joint
-group layout vs gathering by the index table, and the standardized-volume path vs the plain one.
+Each rewritten module must equal the plain module it subclasses, values and gradients, with the
+same parameters, on random inputs; and the whole fast model must equal the plain model for the
+model of every config in ``configs/``. The rewrites of the small pieces are also checked against
+direct forms: custom-VJP batched matmuls vs ``jnp.einsum`` autodiff, the joint group layout vs
+gathering by the index table, the folded depthwise conv vs ``nn.Conv`` on the projected input.
 """
+import glob
+import importlib
+import os
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deform3d.models import DeformableAttention3D, DepthwisePatchConv, joint_groups
-from deform3d.models.layers import standardize
-from deform3d.models.stride_attention import JointGroupLayout
-from deform3d.ops import grid_sample_3d
+from deform3d.models import (DeformableAttention3D, JointStrideAttention, MultiHeadAttention,
+                             build_model, joint_groups)
+from deform3d.models.fast import (DepthwisePatchConv, FastDeformableAttention3D,
+                                  FastJointStrideAttention, FastMultiHeadAttention,
+                                  JointGroupLayout)
 from deform3d.ops.batched_matmul import matmul_nn, matmul_nt
-from deform3d.ops.sampling import sample_weight_sum
-from tests.test_sampling import numpy_reference
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def rel_err(a, b):
@@ -58,44 +65,92 @@ def test_batched_matmuls_bfloat16_keep_operand_dtypes(rng):
   assert rel_err(dq, ref[0]) < 3e-2 and rel_err(dk, ref[1]) < 3e-2
 
 
-@pytest.mark.parametrize("align_corners", [False, True])
-@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
-def test_sample_weight_sum_is_sampling_ones(rng, align_corners, padding_mode):
-  """Independent reference: the float64 loop sampling a volume of ones. Then the identity the
-  deformable attention relies on: sample(v * a + b) = sample(v) * a + b * weight_sum."""
-  shape = (2, 3, 4, 5, 6)
-  grid = rng.uniform(-1.4, 1.4, (2, 7, 3)).astype(np.float32)
-  grid[0, :3] = [[-1, -1, -1], [1, 1, 1], [-1, 0.3, 1]]  # the clip boundary the model uses
-  got = sample_weight_sum(shape, jnp.asarray(grid), align_corners=align_corners,
-                          padding_mode=padding_mode)
-  ref = numpy_reference(np.ones(shape[:4] + (1,)), grid, align_corners, padding_mode)[..., 0]
-  assert got.shape == (2, 7)
-  assert rel_err(got, ref) < 1e-6
-  assert np.any(np.asarray(got) < 0.999) or padding_mode == "border"
-  v = jnp.asarray(rng.standard_normal(shape), jnp.float32)
-  a = jnp.asarray(rng.standard_normal(shape[-1]), jnp.float32)
-  b = jnp.asarray(rng.standard_normal(shape[-1]), jnp.float32)
-  kw = dict(align_corners=align_corners, padding_mode=padding_mode)
-  lhs = grid_sample_3d(v * a + b, jnp.asarray(grid), **kw)
-  rhs = grid_sample_3d(v, jnp.asarray(grid), **kw) * a + got[..., None] * b
-  assert rel_err(rhs, lhs) < 1e-5
+def perturbed(variables, rng, scale=0.3):
+  """Every parameter moved off its initializer (zero-initialized ones would hide mistakes)."""
+  return jax.tree.map(lambda p: p + scale * jnp.asarray(rng.standard_normal(p.shape), p.dtype),
+                      variables)
+
+
+def grad_errors(ga, gb):
+  """``(global, worst_leaf)``: the relative error of the whole gradient vector, and the worst
+  leaf's max error relative to its own max or, for leaves whose true gradient is (near) 0 such
+  as a key bias under softmax, to 1e-3 of the largest gradient."""
+  la, lb = jax.tree.leaves(ga), jax.tree.leaves(gb)
+  assert jax.tree.structure(ga) == jax.tree.structure(gb)
+  a = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in la])
+  b = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in lb])
+  scale = np.abs(a).max()
+  worst = max(float(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).max())
+              / max(float(np.abs(np.asarray(x)).max()), 1e-3 * scale) for x, y in zip(la, lb))
+  return float(np.linalg.norm(a - b) / np.linalg.norm(a)), worst
+
+
+def assert_same_function(plain, fast, variables, args, kwargs=None, leaf_tol=1e-4):
+  """``fast.apply`` equals ``plain.apply`` in value (1e-5 relative) and in the gradients of a
+  random projection of the output w.r.t. parameters and float inputs (1e-5 relative)."""
+  kwargs = kwargs or {}
+  out = plain.apply(variables, *args, **kwargs)
+  out = out[0] if isinstance(out, tuple) else out
+  cot = jnp.asarray(np.random.default_rng(0).standard_normal(out.shape), jnp.float32)
+
+  def scalar(module):
+    def fn(v, *a):
+      y = module.apply(v, *a, **kwargs)
+      return jnp.sum((y[0] if isinstance(y, tuple) else y) * cot)
+    return jax.jit(jax.value_and_grad(fn, argnums=tuple(range(1 + len(args)))))
+
+  (va, ga), (vb, gb) = scalar(plain)(variables, *args), scalar(fast)(variables, *args)
+  assert rel_err(vb, va) < 1e-5
+  fast_out = fast.apply(variables, *args, **kwargs)
+  assert rel_err(fast_out[0] if isinstance(fast_out, tuple) else fast_out, out) < 1e-5
+  total, worst = grad_errors(ga, gb)
+  assert total < 1e-5, (total, worst)
+  assert worst < leaf_tol, (total, worst)
+
+
+def test_fast_attention_equals_plain_with_bias_mask_and_pooling(rng):
+  x_q = jnp.asarray(rng.standard_normal((2, 3, 12, 32)), jnp.float32)
+  x_kv = jnp.asarray(rng.standard_normal((2, 3, 7, 32)), jnp.float32)
+  bias = jnp.asarray(rng.standard_normal((2, 3, 4, 12, 7)), jnp.float32)
+  mask = jnp.asarray(rng.random((3, 1, 12, 7)) < 0.8).at[..., 0].set(True)
+  plain, fast = MultiHeadAttention(4), FastMultiHeadAttention(4)
+  variables = perturbed(plain.init(jax.random.key(0), x_q, x_kv), rng)
+  assert_same_function(plain, fast, variables, (x_q, x_kv), dict(bias=bias, mask=mask))
+  # pool_queries: the mean of every 3 consecutive queries' outputs, computed before the product.
+  pooled, weights = fast.apply(variables, x_q, x_kv, bias=bias, pool_queries=3)
+  full, plain_weights = plain.apply(variables, x_q, x_kv, bias=bias)
+  assert pooled.shape == (2, 3, 4, 32)
+  assert rel_err(pooled, np.asarray(full).reshape(2, 3, 4, 3, 32).mean(axis=3)) < 1e-5
+  assert rel_err(weights, plain_weights) < 1e-6  # per-query weights still returned
+  with pytest.raises(ValueError, match="pool_queries"):
+    fast.apply(variables, x_q, x_kv, pool_queries=5)
 
 
 @pytest.mark.parametrize("strides,shape,groups", [((2, 2, 2), (2, 4, 6, 6), 2),
                                                   ((1, 3, 2), (1, 3, 5, 7), 1)])
 def test_projection_folded_into_depthwise_conv(rng, strides, shape, groups):
-  """``pointwise=(w, b)`` equals convolving ``x @ w + b`` (edge padding included), with
-  gradients for x, w, b and the conv's own parameters."""
+  """``DepthwisePatchConv(pointwise=(w, b))`` equals ``nn.Conv`` (depthwise, kernel = stride,
+  edge padding) on each channel group of ``x @ w + b``, with gradients for every input."""
   c_in, c = 6, 4 * groups
   x = jnp.asarray(rng.standard_normal(shape + (c_in,)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((c_in, c)), jnp.float32)
   b = jnp.asarray(rng.standard_normal((c,)), jnp.float32)
-  conv = DepthwisePatchConv(strides, groups=groups)
-  variables = conv.init(jax.random.key(0), x @ w + b)
-  variables = jax.tree.map(lambda p: p + jnp.asarray(rng.standard_normal(p.shape), jnp.float32),
-                           variables)
-  fused = lambda var, x, w, b: conv.apply(var, x, pointwise=(w, b))
-  plain = lambda var, x, w, b: conv.apply(var, x @ w + b)
+  cg = c // groups
+  conv = nn.Conv(cg, kernel_size=strides, strides=strides, padding="VALID", feature_group_count=cg)
+  fast = DepthwisePatchConv(strides, groups=groups)
+  variables = perturbed(fast.init(jax.random.key(0), x, (w, b)), rng, 1.0)
+  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
+      jnp.shape, conv.init(jax.random.key(0), jnp.zeros((1,) + strides + (cg,))))
+
+  def plain(var, x, w, b):
+    y = x @ w + b
+    pads = [(0, 0)] + [(0, (-n) % s) for n, s in zip(shape[1:4], strides)] + [(0, 0)]
+    y = jnp.pad(y, pads, mode="edge")
+    y = y.reshape(y.shape[:4] + (groups, cg)).transpose(4, 0, 1, 2, 3, 5)
+    out = jax.vmap(lambda v: conv.apply(var, v))(y)                  # (G, N, Ts, Hs, Ws, cg)
+    return jnp.moveaxis(out, 0, 4).reshape(out.shape[1:5] + (c,))
+
+  fused = lambda var, x, w, b: fast.apply(var, x, (w, b))
   out, ref = jax.jit(fused)(variables, x, w, b), plain(variables, x, w, b)
   assert out.shape == ref.shape
   assert rel_err(out, ref) < 1e-5
@@ -131,16 +186,98 @@ def test_joint_group_layout_equals_gathering_by_index(rng, num_joints, window, s
         np.testing.assert_array_equal(merged[:, :, 1 + joint], y[:, :, g, 1 + slot])
 
 
-def test_standardized_volume_path_equals_the_plain_one(rng):
-  """The model standardizes the RGB volume once and each block applies its LayerNorm's scale
-  and bias to the offset projection and the samples; the result equals LayerNorm first."""
-  module = DeformableAttention3D(num_heads=4, num_groups=2, offset_strides=(2, 2, 2))
-  volume = jnp.asarray(3.0 + 2.0 * rng.standard_normal((2, 4, 6, 5, 16)), jnp.float32)
-  queries = jnp.asarray(rng.standard_normal((2, 6, 16)), jnp.float32)
-  qpos = jnp.asarray(rng.uniform(-1, 1, (2, 6, 3)), jnp.float32)
-  variables = module.init(jax.random.key(0), queries, qpos, volume)
-  variables = jax.tree.map(lambda p: p + 0.3 * jnp.asarray(rng.standard_normal(p.shape),
-                                                           jnp.float32), variables)
-  plain = module.apply(variables, queries, qpos, volume)
-  std = module.apply(variables, queries, qpos, standardize(volume), standardized=True)
-  assert rel_err(std, plain) < 1e-5
+@pytest.mark.parametrize("context,pool", [(True, 1), (False, 6)])
+def test_fast_deformable_attention_equals_plain(rng, context, pool):
+  """Folded offset projection, unrolled relative-position MLP, pooled queries: the same function
+  (with the cross-modal tokens as extra keys, as in the paper's block, or pooled queries, as in
+  the earlier design)."""
+  kw = dict(num_heads=4, num_groups=2, offset_strides=(2, 3, 2))
+  volume = jnp.asarray(rng.standard_normal((2, 4, 7, 5, 16)), jnp.float32)  # odd: edge padding
+  queries = jnp.asarray(rng.standard_normal((2, 12, 16)), jnp.float32)
+  qpos = jnp.asarray(rng.uniform(-1, 1, (2, 12, 3)), jnp.float32)
+  args = (queries, qpos, volume)
+  if context:
+    args += (jnp.asarray(rng.standard_normal((2, 5, 16)), jnp.float32),
+             jnp.asarray(rng.uniform(-1, 1, (2, 5, 3)), jnp.float32))
+  plain, fast = DeformableAttention3D(**kw), FastDeformableAttention3D(**kw)
+  variables = perturbed(plain.init(jax.random.key(0), *args), rng)
+  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
+      jnp.shape, fast.init(jax.random.key(0), *args))
+  assert_same_function(plain, fast, variables, args, dict(pool_queries=pool))
+
+
+@pytest.mark.parametrize("num_joints,window,stride", [(17, 4, 2), (5, 3, 1)])
+def test_fast_joint_attention_equals_plain(rng, num_joints, window, stride):
+  z = jnp.asarray(rng.standard_normal((2, 3, 1 + num_joints, 16)), jnp.float32)
+  plain = JointStrideAttention(4, window=window, stride=stride)
+  fast = FastJointStrideAttention(4, window=window, stride=stride)
+  variables = perturbed(plain.init(jax.random.key(0), z), rng)
+  assert_same_function(plain, fast, variables, (z,))
+  _, sa = plain.apply(variables, z, mutable=["intermediates"])
+  _, sb = fast.apply(variables, z, mutable=["intermediates"])
+  for a, b in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
+    assert rel_err(b, a) < 1e-5  # the same attention maps and joint importance
+
+
+def config_models():
+  """The distinct models of ``configs/*.py`` (NTU also with its Kinect-skeleton variant), each
+  named by the configs that use it; configs that differ only in ``num_classes`` share one.
+  Float32, no dropout. The paper-scale models keep every architecture setting but read 64 px,
+  8-frame inputs (their 224 px, 32-frame form: docs/model.md gives the result of the same check
+  run as ``python -m tests.test_fast_paths``)."""
+  out = {}
+  for path in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))):
+    name = os.path.basename(path)[:-3]
+    if name in ("__init__", "common"):
+      continue
+    module = importlib.import_module(f"configs.{name}")
+    variants = [(name, module.get_config())]
+    if name.startswith("ntu"):
+      variants.append((f"{name}:kinect", module.get_config("kinect")))
+    for label, config in variants:
+      model = dict(config.model, dtype="float32", dropout=0.0, attn_dropout=0.0, drop_path=0.0)
+      shapes = (config.image_size, config.keypoint_dim)
+      key = repr(sorted((k, v) for k, v in model.items() if k != "num_classes")) + repr(shapes)
+      out.setdefault(key, (model, shapes, []))[2].append(label)
+  return {"+".join(labels): (model, shapes) for model, shapes, labels in out.values()}
+
+
+CONFIG_MODELS = config_models()
+
+
+def check_config_model(model_config, shapes, full_size=False, batch=2):
+  """Plain vs fast model on random inputs: logits and every parameter gradient."""
+  image_size, keypoint_dim = shapes
+  if image_size > 64 and not full_size:
+    image_size = 64
+    model_config = dict(model_config, num_frames=8)
+    batch = 1
+  rng = np.random.default_rng(0)
+  t, j = model_config["num_frames"], model_config["num_joints"]
+  frames = jnp.asarray(rng.standard_normal((batch, t, image_size, image_size, 3)), jnp.float32)
+  keypoints = rng.uniform(-1, 1, (batch, t, j, keypoint_dim)).astype(np.float32)
+  keypoints[..., 2:] = np.abs(keypoints[..., 2:]) * (rng.random((batch, t, j, 1)) > 0.1)
+  plain = build_model(dict(model_config, fast=False))
+  fast = build_model(dict(model_config, fast=True))
+  variables = perturbed(jax.jit(plain.init)(jax.random.key(0), frames, keypoints), rng, 0.05)
+  assert_same_function(plain, fast, {"params": variables["params"]},
+                       (frames, jnp.asarray(keypoints)))
+
+
+@pytest.mark.parametrize("name", sorted(CONFIG_MODELS))
+def test_fast_model_equals_plain_model_for_every_config(name):
+  check_config_model(*CONFIG_MODELS[name])
+
+
+def test_every_config_is_checked():
+  labels = {l for name in CONFIG_MODELS for l in name.split("+")}
+  files = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))}
+  assert files - {"__init__", "common"} <= labels
+  assert any("pooled" in l for l in labels) and any("kinect" in l for l in labels)
+
+
+if __name__ == "__main__":  # the full-size check of the paper-scale configs (minutes on CPU)
+  for name, (model_config, shapes) in sorted(CONFIG_MODELS.items()):
+    if shapes[0] > 64:
+      check_config_model(model_config, shapes, full_size=True, batch=1)
+      print(f"{name}: fast == plain at full size (logits, gradients)")

@@ -6,8 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from deform3d.models import (DeformableAttention3D, DepthwisePatchConv, DropPath,
-                             MultiHeadAttention, attention_maps, build_model, joint_groups)
+from deform3d.models import (DeformableAttention3D, DropPath, attention_maps, build_model,
+                             joint_groups)
 from deform3d.models.deformable import reference_grid
 
 TINY = dict(num_classes=3, num_frames=4, num_joints=5, embed_dim=32, depth=2, num_heads=2,
@@ -31,6 +31,10 @@ def init(model, frames, keypoints, seed=0):
     ({"use_rgb": False}, 4, 32, 4),
     ({"num_frames": 5, "temporal_strides": (2, 2)}, 5, 32, 3),     # 5 -> 3: last frame repeated
     ({"num_frames": 6, "stem_temporal_stride": 2, "temporal_strides": (1, 1)}, 6, 48, 3),
+    ({"design": "pooled"}, 4, 32, 4),
+    ({"num_cross_tokens": 1, "rgb_merge": False}, 4, 32, 4),
+    ({"fast": False}, 4, 32, 4),
+    ({"remat": True}, 4, 32, 4),
 ])
 def test_output_shapes(rng, overrides, t, hw, expect_t):
   model = build_model({**TINY, **overrides})
@@ -52,9 +56,69 @@ def test_temporal_stride_shrinks_tokens(rng):
   _, maps = attention_maps(model, init(model, frames, keypoints), frames, keypoints)
   assert maps["block0/joint_attn/joint_importance"].shape[1] == 8
   assert maps["block1/joint_attn/joint_importance"].shape[1] == 4
-  # Deformable queries: T * (1 + J) in block 0, halved in block 1.
-  assert maps["block0/cross_attn/attn/attention"].shape[2] == 8 * 6
-  assert maps["block1/cross_attn/attn/attention"].shape[2] == 4 * 6
+  # Deformable queries: the RGB tokens (T x 4 x 4 at 32 px) and the T x K cross-modal tokens;
+  # keys: Ns sampled tokens (T/2 x 2 x 2) and the cross-modal tokens. T halves in block 1, for
+  # the RGB stream too (rgb_merge).
+  assert maps["block0/cross_attn/attn/attention"].shape == (2, 2, 8 * 16 + 8 * 2, 4 * 4 + 8 * 2)
+  assert maps["block1/cross_attn/attn/attention"].shape == (2, 2, 4 * 16 + 4 * 2, 2 * 4 + 4 * 2)
+  model = build_model({**TINY, "num_frames": 8, "temporal_strides": (2, 2), "rgb_merge": False})
+  _, maps = attention_maps(model, init(model, frames, keypoints), frames, keypoints)
+  assert maps["block1/cross_attn/attn/attention"].shape == (2, 2, 8 * 16 + 4 * 2, 4 * 4 + 4 * 2)
+  # The earlier design: the T (1 + J) cross and joint tokens query the sampled tokens alone.
+  model = build_model({**TINY, "num_frames": 8, "temporal_strides": (2, 2), "design": "pooled"})
+  _, maps = attention_maps(model, init(model, frames, keypoints), frames, keypoints)
+  assert maps["block0/cross_attn/attn/attention"].shape == (2, 2, 8 * 6, 4 * 4)
+  assert maps["block1/cross_attn/attn/attention"].shape == (2, 2, 4 * 6, 4 * 4)
+
+
+def test_paper_block_updates_rgb_and_cross_tokens_from_sampled_and_cross_keys(rng):
+  """The paper's 3D deformable attention: RGB tokens and cross-modal tokens are its queries and
+  both streams change; the cross-modal tokens are keys beside the sampled tokens."""
+  from deform3d.models import Block
+  kw = dict(num_heads=2, num_groups=2, offset_strides=(2, 2, 2), offset_range_factor=2.0,
+            joint_window=3, joint_stride=1, temporal_window=2, temporal_stride=1, mlp_ratio=2.0,
+            dropout=0.0, attn_dropout=0.0, drop_path=0.0, layer_scale=0.1, rgb_merge=True,
+            dtype=jnp.float32)
+  rgb = jnp.asarray(rng.standard_normal((2, 4, 4, 4, 16)), jnp.float32)
+  cross = jnp.asarray(rng.standard_normal((2, 4, 2, 16)), jnp.float32)
+  pose = jnp.asarray(rng.standard_normal((2, 4, 5, 16)), jnp.float32)
+  block = Block(**kw)
+  variables = block.init(jax.random.key(0), rgb, cross, pose, None)
+  (rgb2, cross2, pose2, _), state = block.apply(variables, rgb, cross, pose, None,
+                                                 mutable=["intermediates"])
+  assert rgb2.shape == rgb.shape and cross2.shape == cross.shape and pose2.shape == pose.shape
+  assert float(jnp.abs(rgb2 - rgb).max()) > 1e-3  # the RGB stream is a transformer stream
+  att = np.asarray(state["intermediates"]["cross_attn"]["attn"]["attention"][0])
+  assert att.shape == (2, 2, 4 * 16 + 4 * 2, 2 * 2 * 2 + 4 * 2)
+  assert np.all(att[..., 8:].sum(-1) > 0.1)  # every query attends to the cross-modal keys
+  # Changing only the cross-modal tokens changes the RGB tokens' output (they are keys), and
+  # changing one frame's RGB tokens changes the cross-modal tokens (they are queries).
+  other = block.apply(variables, rgb, cross + jnp.asarray(rng.standard_normal(cross.shape),
+                                                          jnp.float32), pose, None)
+  assert float(jnp.abs(other[0] - rgb2).max()) > 1e-4
+  other = block.apply(variables, rgb.at[:, 1].add(jnp.asarray(
+      rng.standard_normal(rgb.shape[2:]), jnp.float32)), cross, pose, None)
+  assert float(jnp.abs(other[1] - cross2).max()) > 1e-4
+  # Pose-only: the RGB stream is absent and the joint/temporal layers still run.
+  out = Block(**kw).apply(Block(**kw).init(jax.random.key(0), None, cross, pose, None),
+                          None, cross, pose, None)
+  assert out[0] is None and out[1].shape == cross.shape
+
+
+def test_remat_gives_the_same_gradients(rng):
+  frames, keypoints = make_inputs(rng)
+  grads = []
+  for remat in (False, True):
+    model = build_model({**TINY, "remat": remat, "drop_path": 0.2})
+    variables = init(model, frames, keypoints)
+    variables = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(2), p.shape),
+                             variables)
+    loss = lambda p: jnp.sum(model.apply(p, frames, keypoints, train=True,
+                                         rngs={"dropout": jax.random.key(1)}) ** 2)
+    grads.append(jax.jit(jax.grad(loss))(variables))
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * float(jnp.abs(a).max() + 1e-30))
+  assert any(float(jnp.abs(a).max()) > 0 for a in jax.tree.leaves(grads[0]))
 
 
 def test_attention_maps_are_distributions(rng):
@@ -78,55 +142,6 @@ def test_attention_maps_are_distributions(rng):
   # Joint importance of the cross token: per frame and head, sums over joints to <= 1.
   imp = np.asarray(maps["block0/joint_attn/joint_importance"])
   assert np.all(imp.sum(-1) <= 1.0 + 1e-5) and np.all(imp > 0)
-
-
-def test_pooled_queries_equal_the_mean_of_query_outputs(rng):
-  """``pool_queries`` averages the weights before the value product: exact, not approximate."""
-  mha = MultiHeadAttention(4)
-  x_q = jnp.asarray(rng.standard_normal((2, 12, 32)), jnp.float32)
-  x_kv = jnp.asarray(rng.standard_normal((2, 7, 32)), jnp.float32)
-  bias = jnp.asarray(rng.standard_normal((2, 4, 12, 7)), jnp.float32)
-  variables = mha.init(jax.random.key(0), x_q, x_kv, bias=bias)
-  full, weights = mha.apply(variables, x_q, x_kv, bias=bias)
-  pooled, pooled_weights = mha.apply(variables, x_q, x_kv, bias=bias, pool_queries=3)
-  assert pooled.shape == (2, 4, 32)
-  ref = np.asarray(full).reshape(2, 4, 3, 32).mean(axis=2)
-  np.testing.assert_allclose(pooled, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
-  np.testing.assert_array_equal(pooled_weights, weights)  # per-query weights still returned
-  with pytest.raises(ValueError, match="pool_queries"):
-    mha.apply(variables, x_q, x_kv, pool_queries=5)
-
-
-@pytest.mark.parametrize("strides,shape", [((2, 2, 2), (2, 4, 6, 6)), ((1, 3, 2), (1, 3, 5, 7))])
-def test_grouped_depthwise_conv_equals_the_per_group_view(rng, strides, shape):
-  """``groups=G`` on ``(N, ..., G*c)`` equals the conv on the ``(N*G, ..., c)`` view with the
-  same ``(k, c)`` kernel (how the deformable attention's offset network used to run)."""
-  g, c = 2, 5
-  x = jnp.asarray(rng.standard_normal(shape + (g * c,)), jnp.float32)
-  grouped = DepthwisePatchConv(strides, groups=g)
-  variables = grouped.init(jax.random.key(0), x)
-  variables = jax.tree.map(lambda p: p + jnp.asarray(rng.standard_normal(p.shape), jnp.float32),
-                           variables)
-  out = grouped.apply(variables, x)
-  view = x.reshape(shape + (g, c)).transpose(0, 4, 1, 2, 3, 5).reshape((-1,) + shape[1:] + (c,))
-  ref = DepthwisePatchConv(strides).apply(variables, view)
-  ref = ref.reshape((shape[0], g) + ref.shape[1:]).transpose(0, 2, 3, 4, 1, 5)
-  np.testing.assert_allclose(out, ref.reshape(out.shape), rtol=1e-5, atol=1e-5)
-  # Against an explicit float64 loop over output cells (edge padding included).
-  xn, kern = np.asarray(x, np.float64), np.asarray(variables["params"]["kernel"], np.float64)
-  bias = np.asarray(variables["params"]["bias"], np.float64)
-  pads = [(0, 0)] + [(0, (-n) % s) for n, s in zip(shape[1:], strides)] + [(0, 0)]
-  xp = np.pad(xn, pads, mode="edge")
-  ot, oh, ow = (n // s for n, s in zip(xp.shape[1:4], strides))
-  st, sh, sw = strides
-  expect = np.zeros((shape[0], ot, oh, ow, g * c))
-  for t in range(ot):
-    for h in range(oh):
-      for w in range(ow):
-        patch = xp[:, t * st:(t + 1) * st, h * sh:(h + 1) * sh, w * sw:(w + 1) * sw]
-        patch = patch.reshape(shape[0], -1, g, c)
-        expect[:, t, h, w] = ((patch * kern[None, :, None]).sum(1) + bias).reshape(shape[0], -1)
-  np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-5)
 
 
 def test_joint_groups_cover_each_joint_once():
@@ -191,7 +206,8 @@ def test_gradients_are_finite_and_nonzero(rng):
   for name, g in flat.items():
     assert np.all(np.isfinite(g)), name
   # Every stage of the network receives gradient.
-  for part in ("rgb_stem", "pose_embed", "cross_attn", "joint_attn", "temporal_attn", "head"):
+  for part in ("rgb_stem", "pose_embed", "cross_attn", "rgb_mlp", "joint_attn", "temporal_attn",
+               "head"):
     total = sum(float(jnp.abs(g).sum()) for k, g in flat.items() if part in k)
     assert total > 0, part
 
@@ -257,6 +273,10 @@ def test_bad_config_and_inputs_raise(rng):
   model = build_model(TINY)
   with pytest.raises(ValueError, match=r"keypoints must be \(B, T, J, D\)"):
     model.init(jax.random.key(0), frames, keypoints[:, :, :4])
+  with pytest.raises(ValueError, match="design must be one of"):
+    build_model({**TINY, "design": "dat"}).init(jax.random.key(0), frames, keypoints)
+  with pytest.raises(ValueError, match="num_cross_tokens must be 1 or 2"):
+    build_model({**TINY, "num_cross_tokens": 3}).init(jax.random.key(0), frames, keypoints)
 
 
 def test_learns_a_tiny_cross_modal_problem():
