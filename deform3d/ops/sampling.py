@@ -62,19 +62,6 @@ def _corners(shape, grid, align_corners: bool, padding_mode: str):
   return jnp.stack(idx, -1), jnp.stack(wts, -1)
 
 
-def sample_weight_sum(shape, grid, *, align_corners: bool = False,
-                      padding_mode: str = "zeros") -> jax.Array:
-  """Sum of the trilinear weights that ``grid_sample_3d`` gives the in-range corners of each
-  point, ``(N, *S)``: 1 inside the volume, less where corners fall outside it with zero padding
-  (so ``grid_sample_3d(v * a + b) = grid_sample_3d(v) * a + b * sample_weight_sum``).
-  ``shape`` is the volume's ``(N, D, H, W, C)``; differentiable in ``grid``."""
-  if padding_mode not in _PADDING_MODES:
-    raise ValueError(f"sample_weight_sum: padding_mode must be one of {_PADDING_MODES}, "
-                     f"got {padding_mode!r}")
-  _, wts = _corners(tuple(shape), grid, align_corners, padding_mode)
-  return wts.sum(-1).reshape(grid.shape[:-1])
-
-
 def _sample(volume, grid, align_corners: bool, padding_mode: str):
   n, d, h, w, c = volume.shape
   idx, wts = _corners(volume.shape, grid, align_corners, padding_mode)
