@@ -29,7 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
       dropout=0.0, attn_dropout=0.0, drop_path=0.1, layer_scale=0.1, use_rgb=True, use_pose=True,
       # "paper": RGB tokens and cross-modal tokens are the deformable attention's queries and
       # are updated every block; "pooled": the earlier design (ablation), docs/model.md.
-      design="paper", num_cross_tokens=2, rgb_merge=True,
+      design="paper", num_cross_tokens=1, rgb_merge=True,
       fast=True,    # speed rewrites of deform3d/models/fast.py (same parameters and function)
       remat=False,  # recompute each block's activations in the backward pass (less memory)
       dtype="float32"))

@@ -86,8 +86,10 @@ def grad_errors(ga, gb):
 
 
 def assert_same_function(plain, fast, variables, args, kwargs=None, leaf_tol=1e-4):
-  """``fast.apply`` equals ``plain.apply`` in value (1e-5 relative) and in the gradients of a
-  random projection of the output w.r.t. parameters and float inputs (1e-5 relative)."""
+  """``fast.apply`` equals ``plain.apply``: the outputs (1e-5 relative to their largest value) and
+  the gradients of a random projection of the output w.r.t. parameters and inputs (relative
+  error of the whole gradient vector < 1e-5; each leaf below ``leaf_tol``, see
+  ``grad_errors``)."""
   kwargs = kwargs or {}
   out = plain.apply(variables, *args, **kwargs)
   out = out[0] if isinstance(out, tuple) else out
@@ -99,8 +101,7 @@ def assert_same_function(plain, fast, variables, args, kwargs=None, leaf_tol=1e-
       return jnp.sum((y[0] if isinstance(y, tuple) else y) * cot)
     return jax.jit(jax.value_and_grad(fn, argnums=tuple(range(1 + len(args)))))
 
-  (va, ga), (vb, gb) = scalar(plain)(variables, *args), scalar(fast)(variables, *args)
-  assert rel_err(vb, va) < 1e-5
+  (_, ga), (_, gb) = scalar(plain)(variables, *args), scalar(fast)(variables, *args)
   fast_out = fast.apply(variables, *args, **kwargs)
   assert rel_err(fast_out[0] if isinstance(fast_out, tuple) else fast_out, out) < 1e-5
   total, worst = grad_errors(ga, gb)
@@ -215,8 +216,14 @@ def test_fast_joint_attention_equals_plain(rng, num_joints, window, stride):
   assert_same_function(plain, fast, variables, (z,))
   _, sa = plain.apply(variables, z, mutable=["intermediates"])
   _, sb = fast.apply(variables, z, mutable=["intermediates"])
-  for a, b in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
-    assert rel_err(b, a) < 1e-5  # the same attention maps and joint importance
+  sa, sb = sa["intermediates"], sb["intermediates"]
+  assert rel_err(sb["joint_importance"][0], sa["joint_importance"][0]) < 1e-5
+  # The same attention maps in every row of a real query (a padding slot's query row is
+  # discarded; the plain form projects a zero token there, the fast form pads after projecting).
+  idx = joint_groups(num_joints, window, stride)
+  rows = np.concatenate([np.ones((idx.shape[0], 1), bool), idx >= 0], axis=1)  # (Ng, 1 + w)
+  a, b = np.asarray(sa["attn"]["attention"][0]), np.asarray(sb["attn"]["attention"][0])
+  assert rel_err(b.transpose(2, 4, 0, 1, 3, 5)[rows], a.transpose(2, 4, 0, 1, 3, 5)[rows]) < 1e-5
 
 
 def config_models():

@@ -201,7 +201,7 @@ class Deform3DTransformer(nn.Module):
   use_rgb: bool = True
   use_pose: bool = True
   design: str = "paper"
-  num_cross_tokens: int = 2
+  num_cross_tokens: int = 1
   rgb_merge: bool = True
   fast: bool = True
   remat: bool = False
