@@ -19,16 +19,15 @@ docs/performance.md has the measurements behind each one.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from deform3d.models.deformable import DeformableAttention3D, edge_pad
 from deform3d.models.embeddings import patchify
-from deform3d.models.layers import MultiHeadAttention, NEG_INF, layer_norm
+from deform3d.models.layers import MultiHeadAttention, layer_norm
 from deform3d.models.model import Block, PooledBlock
 from deform3d.models.stride_attention import (JointStrideAttention, TemporalStrideAttention,
                                               joint_groups)
@@ -69,12 +68,7 @@ class FastMultiHeadAttention(MultiHeadAttention):
 
     q, k, v = heads_first(q, lq), heads_first(k, lk), heads_first(v, lk)
     logits = (matmul_nt(q, k) * (head_dim ** -0.5)).reshape(lead + (h, lq, lk))
-    if bias is not None:
-      logits = logits + bias.astype(jnp.float32)
-    if mask is not None:
-      logits = jnp.where(mask, logits, NEG_INF)
-    weights = jax.nn.softmax(logits, axis=-1)
-    self.sow("intermediates", "attention", weights)
+    weights = self.softmax(logits, bias, mask)
     dropped = nn.Dropout(self.attn_dropout)(weights, deterministic=deterministic)
     if pool_queries > 1:
       if lq % pool_queries:

@@ -40,6 +40,10 @@ class MultiHeadAttention(nn.Module):
     """Softmax attention weights ``(..., heads, Lq, Lk)`` in float32; sown."""
     logits = jnp.einsum("...qhd,...khd->...hqk", q, k,
                         preferred_element_type=jnp.float32) * (q.shape[-1] ** -0.5)
+    return self.softmax(logits, bias, mask)
+
+  def softmax(self, logits, bias, mask):
+    """Adds ``bias``, masks, and normalizes float32 ``logits (..., heads, Lq, Lk)``; sown."""
     if bias is not None:
       logits = logits + bias.astype(jnp.float32)
     if mask is not None:
