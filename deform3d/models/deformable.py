@@ -18,7 +18,7 @@ The speed rewrites of ``offsets``, ``rel_pos_bias`` and ``attend`` are in ``fast
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
