@@ -51,7 +51,7 @@ def test_output_shapes(rng, overrides, t, hw, expect_t):
 
 
 def test_temporal_stride_shrinks_tokens(rng):
-  model = build_model({**TINY, "num_frames": 8, "temporal_strides": (2, 2)})
+  model = build_model({**TINY, "num_frames": 8, "temporal_strides": (2, 2), "num_cross_tokens": 2})
   frames, keypoints = make_inputs(rng, t=8)
   _, maps = attention_maps(model, init(model, frames, keypoints), frames, keypoints)
   assert maps["block0/joint_attn/joint_importance"].shape[1] == 8
@@ -61,7 +61,11 @@ def test_temporal_stride_shrinks_tokens(rng):
   # the RGB stream too (rgb_merge).
   assert maps["block0/cross_attn/attn/attention"].shape == (2, 2, 8 * 16 + 8 * 2, 4 * 4 + 8 * 2)
   assert maps["block1/cross_attn/attn/attention"].shape == (2, 2, 4 * 16 + 4 * 2, 2 * 4 + 4 * 2)
-  model = build_model({**TINY, "num_frames": 8, "temporal_strides": (2, 2), "rgb_merge": False})
+  model = build_model({**TINY, "num_frames": 8, "temporal_strides": (2, 2)})  # default K = 1
+  _, maps = attention_maps(model, init(model, frames, keypoints), frames, keypoints)
+  assert maps["block0/cross_attn/attn/attention"].shape == (2, 2, 8 * 16 + 8, 4 * 4 + 8)
+  model = build_model({**TINY, "num_frames": 8, "temporal_strides": (2, 2), "rgb_merge": False,
+                       "num_cross_tokens": 2})
   _, maps = attention_maps(model, init(model, frames, keypoints), frames, keypoints)
   assert maps["block1/cross_attn/attn/attention"].shape == (2, 2, 8 * 16 + 4 * 2, 4 * 4 + 4 * 2)
   # The earlier design: the T (1 + J) cross and joint tokens query the sampled tokens alone.
