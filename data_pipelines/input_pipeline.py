@@ -24,22 +24,15 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from data_pipelines import records
+
 # The input pipeline runs on the host: keep TensorFlow off any accelerator JAX will use.
 tf.config.set_visible_devices([], "GPU")
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 
-_FEATURES = {
-    "video/frames": tf.io.VarLenFeature(tf.string),
-    "video/height": tf.io.FixedLenFeature([], tf.int64),
-    "video/width": tf.io.FixedLenFeature([], tf.int64),
-    "pose/keypoints": tf.io.VarLenFeature(tf.float32),
-    "pose/scores": tf.io.VarLenFeature(tf.float32),
-    "pose/num_joints": tf.io.FixedLenFeature([], tf.int64),
-    "label": tf.io.FixedLenFeature([], tf.int64),
-    "id": tf.io.FixedLenFeature([], tf.string),
-}
+_FEATURES = records.parse_spec()
 
 
 def split_files(data_dir: str, split: str) -> list:

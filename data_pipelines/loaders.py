@@ -11,15 +11,12 @@ def _common(config):
   layout = config.dataset.joint_layout
   if layout not in LAYOUTS:
     raise ValueError(f"config.dataset.joint_layout={layout!r} is not one of {sorted(LAYOUTS)}")
-  if len(LAYOUTS[layout]) != config.model.num_joints:
-    raise ValueError(f"config.model.num_joints={config.model.num_joints} but joint layout "
-                     f"{layout!r} has {len(LAYOUTS[layout])} joints")
   pc = jax.process_count()
   if config.batch_size % (pc * jax.local_device_count()):
     raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the "
                      f"{pc * jax.local_device_count()} devices")
-  return dict(num_frames=config.model.num_frames, image_size=config.image_size,
-              num_joints=config.model.num_joints, batch_size=config.batch_size // pc,
+  return dict(num_frames=config.num_frames, image_size=config.image_size,
+              num_joints=len(LAYOUTS[layout]), batch_size=config.batch_size // pc,
               process_index=jax.process_index(), process_count=pc,
               cache=config.dataset.cache, num_classes=config.model.num_classes), \
       flip_permutation(LAYOUTS[layout])
@@ -41,3 +38,13 @@ def eval_iter(config, split: str = None):
   ds = input_pipeline.make_dataset(config.dataset.data_dir, split, train=False,
                                    num_clips=config.dataset.eval_clips, **kw)
   return input_pipeline.iterate(ds, kw["batch_size"], source=(config.dataset.data_dir, split))
+
+
+def input_shapes(config) -> dict:
+  """Per-clip shapes ``{"frames": (T, H, W, 3), "keypoints": (T, J, D)}`` from the training
+  split's element spec (nothing is read), for building a model without a batch at hand."""
+  kw, _ = _common(config)
+  ds = input_pipeline.make_dataset(config.dataset.data_dir, config.dataset.train_split,
+                                   train=False, num_clips=1, **kw)   # (B, K=1, ...)
+  spec = ds.element_spec
+  return {k: tuple(spec[k].shape[2:]) for k in ("frames", "keypoints")}

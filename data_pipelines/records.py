@@ -1,16 +1,9 @@
-"""The one TFRecord schema every dataset is written in, and its sharded, atomic writer.
+"""The one TFRecord schema every dataset is written in (``SCHEMA``), and its sharded, atomic writer.
 
-One ``tf.train.Example`` per video:
-
-| feature | type | meaning |
-| --- | --- | --- |
-| ``video/frames`` | bytes list (F) | JPEG-encoded RGB frames |
-| ``video/height``, ``video/width`` | int | frame size in pixels |
-| ``pose/keypoints`` | float list (F * J * 2) | ``(x, y)`` in pixels of the stored frames |
-| ``pose/scores`` | float list (F * J) | confidence in ``[0, 1]``; 0 marks a missing joint |
-| ``pose/num_joints`` | int | ``J`` |
-| ``label`` | int | class index into the dataset's ``classes.txt`` |
-| ``id`` | bytes | source identifier (file name) |
+One ``tf.train.Example`` per video, with the fields of ``SCHEMA``: ``video/frames`` (JPEG bytes
+per frame), ``video/height``, ``video/width``, ``pose/keypoints`` (F x J x 2 floats, pixels),
+``pose/scores`` (F x J), ``pose/num_joints``, ``label`` and ``id``. Our writer, the TFDS
+builders' features and the input pipeline's parse spec are all built from ``SCHEMA``.
 
 A split is written as ``{split}-{i:05d}-of-{n:05d}.tfrecord`` shards plus ``{split}.json``
 (counts, skipped samples with reasons). Each shard is written to a temporary name and renamed
@@ -67,24 +60,92 @@ def encode_jpeg(frame: np.ndarray, quality: int = 92) -> bytes:
   return tf.io.encode_jpeg(tf.constant(frame), quality=quality).numpy()
 
 
-def to_example(sample: Sample, jpeg_quality: int = 92) -> bytes:
+# The schema, once: (key, kind, shape, meaning). The writer (``to_example``), the TFDS features
+# (``tfds_features``, ``tfds_example``) and the parse spec (``parse_spec``) are built from it;
+# ``values`` is the one place that maps a ``Sample`` to the fields. Shapes: F frames, J joints.
+SCHEMA = (
+    ("video/frames", "jpegs", ("F",), "JPEG-encoded RGB frames"),
+    ("video/height", "int", (), "frame height in pixels"),
+    ("video/width", "int", (), "frame width in pixels"),
+    ("pose/keypoints", "floats", ("F", "J", 2), "(x, y) in pixels of the stored frames"),
+    ("pose/scores", "floats", ("F", "J"), "confidence in [0, 1]; 0 marks a missing joint"),
+    ("pose/num_joints", "int", (), "J"),
+    ("label", "label", (), "class index into the dataset's classes.txt"),
+    ("id", "text", (), "source identifier (file name)"),
+)
+
+
+def values(sample: Sample, jpeg_quality: int = 92) -> dict:
+  """``{key: value}`` of every ``SCHEMA`` field for ``sample`` (JPEG bytes, ints, float arrays)."""
   f = sample.frames
-  feats = {
-      "video/frames": tf.train.Feature(bytes_list=tf.train.BytesList(
-          value=[encode_jpeg(x, jpeg_quality) for x in f])),
-      "video/height": tf.train.Feature(int64_list=tf.train.Int64List(value=[f.shape[1]])),
-      "video/width": tf.train.Feature(int64_list=tf.train.Int64List(value=[f.shape[2]])),
-      "pose/keypoints": tf.train.Feature(float_list=tf.train.FloatList(
-          value=sample.keypoints.astype(np.float32).ravel())),
-      "pose/scores": tf.train.Feature(float_list=tf.train.FloatList(
-          value=sample.scores.astype(np.float32).ravel())),
-      "pose/num_joints": tf.train.Feature(int64_list=tf.train.Int64List(
-          value=[sample.keypoints.shape[1]])),
-      "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(sample.label)])),
-      "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[sample.id.encode()])),
+  out = {"video/frames": [encode_jpeg(x, jpeg_quality) for x in f],
+         "video/height": int(f.shape[1]), "video/width": int(f.shape[2]),
+         "pose/keypoints": sample.keypoints.astype(np.float32),
+         "pose/scores": sample.scores.astype(np.float32),
+         "pose/num_joints": int(sample.keypoints.shape[1]),
+         "label": int(sample.label), "id": sample.id}
+  assert list(out) == [k for k, *_ in SCHEMA]
+  return out
+
+
+def to_example(sample: Sample, jpeg_quality: int = 92) -> bytes:
+  """A serialized ``tf.train.Example`` of ``sample`` (our writer's format)."""
+  feature = {
+      "jpegs": lambda v: tf.train.Feature(bytes_list=tf.train.BytesList(value=v)),
+      "int": lambda v: tf.train.Feature(int64_list=tf.train.Int64List(value=[v])),
+      "label": lambda v: tf.train.Feature(int64_list=tf.train.Int64List(value=[v])),
+      "floats": lambda v: tf.train.Feature(float_list=tf.train.FloatList(value=v.ravel())),
+      "text": lambda v: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode()])),
   }
+  vals = values(sample, jpeg_quality)
+  feats = {key: feature[kind](vals[key]) for key, kind, _, _ in SCHEMA}
   return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString(
       deterministic=True)  # key-sorted map: same bytes in every process
+
+
+def parse_spec() -> dict:
+  """``tf.io.parse_single_example`` spec of the schema; reads our shards and TFDS builds."""
+  spec = {"jpegs": tf.io.VarLenFeature(tf.string), "floats": tf.io.VarLenFeature(tf.float32),
+          "int": tf.io.FixedLenFeature([], tf.int64),
+          "label": tf.io.FixedLenFeature([], tf.int64),
+          "text": tf.io.FixedLenFeature([], tf.string)}
+  return {key: spec[kind] for key, kind, _, _ in SCHEMA}
+
+
+def _nest(flat: dict) -> dict:
+  """``{"a/b": v}`` -> ``{"a": {"b": v}}``: TFDS flattens nested features back to these keys."""
+  out = {}
+  for key, v in flat.items():
+    *groups, name = key.split("/")
+    node = out
+    for g in groups:
+      node = node.setdefault(g, {})
+    node[name] = v
+  return out
+
+
+def tfds_features(classes, num_joints: int):
+  """The schema as ``tfds.features.FeaturesDict`` (``classes``: names, or a count)."""
+  import tensorflow_datasets as tfds
+  dims = {"F": None, "J": num_joints}
+  label = (tfds.features.ClassLabel(num_classes=classes) if isinstance(classes, int)
+           else tfds.features.ClassLabel(names=classes))
+  make = {
+      "jpegs": lambda shape: tfds.features.Sequence(
+          tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg")),
+      "int": lambda shape: np.int64,
+      "floats": lambda shape: tfds.features.Tensor(shape=tuple(dims.get(d, d) for d in shape),
+                                                   dtype=np.float32),
+      "label": lambda shape: label,
+      "text": lambda shape: tfds.features.Text(),
+  }
+  return tfds.features.FeaturesDict(_nest({key: make[kind](shape)
+                                           for key, kind, shape, _ in SCHEMA}))
+
+
+def tfds_example(sample: Sample, jpeg_quality: int = 92) -> dict:
+  """``sample`` as the nested dict ``tfds_features`` encodes."""
+  return _nest(values(sample, jpeg_quality))
 
 
 def shard_paths(directory: str, split: str, num_shards: int) -> List[str]:
@@ -137,11 +198,3 @@ def read_classes(directory: str) -> List[str]:
     raise FileNotFoundError(f"{path}: class list not found; build the dataset first")
   with open(path) as fh:
     return [line.strip() for line in fh if line.strip()]
-
-
-def split_summary(directory: str, split: str) -> Optional[dict]:
-  path = os.path.join(directory, f"{split}.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as fh:
-    return json.load(fh)

@@ -73,17 +73,17 @@ def bench_sampler(repeats):
   return rows
 
 
-# Full model: (name, model overrides, batch, image size). "embedded" is configs/embedded.py's
-# model; "medium" doubles time, resolution and width; "paper" is the paper datasets' configs
-# (configs/common.py paper_dataset_config) at a CPU-sized batch.
+# Full model: (name, config, overrides of config values, batch). The model, frame count, image
+# size and joint layout come from the config (configs/), so no size is written here: "tiny" is
+# the embedded config's small local variant, "embedded" the README's model, "medium" the same
+# blocks twice as wide on 16 frames of 96 px, "paper" the paper datasets' model at a CPU batch.
 MODEL_SIZES = [
-    ("embedded", dict(num_classes=10, num_frames=8, num_joints=17), 32, 48),
-    ("medium", dict(num_classes=60, num_frames=16, num_joints=17, embed_dim=128), 8, 96),
-    ("paper", dict(num_classes=60, num_frames=32, num_joints=17, embed_dim=256, depth=8,
-                   num_heads=8, stem_strides=(8, 2), stem_temporal_stride=2, joint_window=5,
-                   joint_strides=(1, 2, 1, 2, 1, 2, 1, 2),
-                   temporal_strides=(1, 1, 2, 1, 1, 2, 1, 1)), 2, 224),
+    ("tiny", "embedded:variant=tiny", {}, 2),
+    ("embedded", "embedded", {}, 32),
+    ("medium", "embedded", {"model.variant": "medium", "num_frames": 16, "image_size": 96}, 8),
+    ("paper", "ntu:split=xsub60", {}, 2),
 ]
+DEFAULT_SIZES = ("embedded", "medium", "paper")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -122,10 +122,24 @@ def _median_time(fn, repeats):
   return _paired_times([fn], repeats, pause_s=0.0)[0]
 
 
-def _model_inputs(model, batch, image_size, seed=0):
+def size_config(spec, overrides):
+  """The config ``spec`` (``NAME[:ARG]``) with dotted ``overrides`` applied."""
+  from configs.common import load
+  config = load(spec)
+  for key, value in overrides.items():
+    *path, last = key.split(".")
+    node = config
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return config
+
+
+def _model_inputs(model, batch, shapes, seed=0):
+  (t, image_size, joints) = shapes
   rng = np.random.default_rng(seed)
-  frames = rng.standard_normal((batch, model.num_frames, image_size, image_size, 3))
-  keypoints = rng.uniform(-1, 1, (batch, model.num_frames, model.num_joints, 3))
+  frames = rng.standard_normal((batch, t, image_size, image_size, 3))
+  keypoints = rng.uniform(-1, 1, (batch, t, joints, 3))
   keypoints[..., 2] = np.abs(keypoints[..., 2])
   labels = rng.integers(0, model.num_classes, batch)
   return frames.astype(np.float32), keypoints.astype(np.float32), labels
@@ -141,14 +155,16 @@ def _trim():
     pass
 
 
-def _build(overrides, dtype, batch, image_size):
+def _build(config, dtype, batch):
+  from data_pipelines.skeletons import LAYOUTS  # plain Python, no TensorFlow
   from deform3d.models import build_model
   # Dropout and drop path off: the two implementations then run the same computation.
-  model = build_model({**overrides, "dtype": dtype, "drop_path": 0.0, "dropout": 0.0,
+  model = build_model({**config.model, "dtype": dtype, "drop_path": 0.0, "dropout": 0.0,
                        "attn_dropout": 0.0})
-  frames, keypoints, labels = _model_inputs(model, batch, image_size)
+  shapes = (config.num_frames, config.image_size, len(LAYOUTS[config.dataset.joint_layout]))
+  frames, keypoints, labels = _model_inputs(model, batch, shapes)
   params = jax.jit(model.init)(jax.random.key(0), frames[:1], keypoints[:1])["params"]
-  label = (f"{overrides.get('_name', '')}B={batch} T={model.num_frames} {image_size}px "
+  label = (f"B={batch} T={config.num_frames} {config.image_size}px "
            f"C={model.embed_dim} L={model.depth} {dtype}")
   return model, params, (frames, keypoints, labels), label
 
@@ -242,9 +258,11 @@ def bench_model(repeats, sizes=None, dtypes=DTYPES, torch_compile=False, log=pri
   except ImportError:
     with_torch = False
   rows = []
-  for name, overrides, batch, image_size in sizes or MODEL_SIZES:
+  for name, spec, overrides, batch in sizes or [s for s in MODEL_SIZES
+                                                if s[0] in DEFAULT_SIZES]:
+    config = size_config(spec, overrides)
     for dtype in dtypes:
-      model, params, data, label = _build(overrides, dtype, batch, image_size)
+      model, params, data, label = _build(config, dtype, batch)
       impls = [_jax_impl(model, params, data)]
       if with_torch:
         impls += _torch_impls(model, params, data, dtype, torch_compile)
@@ -313,8 +331,8 @@ def main():
   parser.add_argument("--suite", choices=("all", "model", "sampler"), default="all")
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--sizes", default=None,
-                      help=f"comma list of model sizes (default all: "
-                           f"{','.join(s[0] for s in MODEL_SIZES)})")
+                      help=f"comma list of model sizes of {[s[0] for s in MODEL_SIZES]} "
+                           f"(default: {','.join(DEFAULT_SIZES)})")
   parser.add_argument("--dtypes", default=",".join(DTYPES))
   parser.add_argument("--torch_compile", action="store_true",
                       help="also time torch.compile of the reference (needs a C++ compiler)")
@@ -331,7 +349,7 @@ def main():
   print(f"# {info}", flush=True)
   result = {"info": info}
   if args.suite in ("all", "model"):
-    sizes = MODEL_SIZES
+    sizes = None
     if args.sizes:
       known = {s[0]: s for s in MODEL_SIZES}
       bad = sorted(set(args.sizes.split(",")) - set(known))

@@ -36,13 +36,13 @@ def build(dataset: str, manual_dir: str, data_dir: str, workers: int = 1, short_
   import tensorflow_datasets as tfds
   from apache_beam.options.pipeline_options import PipelineOptions
 
-  from data_pipelines import tfds_builders
+  from data_pipelines.datasets import BUILDERS, common
 
   name, _, config_name = dataset.partition("/")
-  if name not in tfds_builders.BUILDERS:
+  if name not in BUILDERS:
     raise ValueError(f"--dataset {dataset!r}: builder must be one of "
-                     f"{sorted(tfds_builders.BUILDERS)}")
-  cls = tfds_builders.BUILDERS[name]
+                     f"{sorted(BUILDERS)}")
+  cls = BUILDERS[name]
   base = cls.builder_configs.get(config_name or cls.BUILDER_CONFIGS[0].name)
   if base is None:
     raise ValueError(f"--dataset {dataset!r}: config must be one of {sorted(cls.builder_configs)}")
@@ -51,7 +51,7 @@ def build(dataset: str, manual_dir: str, data_dir: str, workers: int = 1, short_
   config = base
   if (short, rate) != (base.short_side, base.fps):
     suffix = f"_{short or 'src'}px" + (f"_{rate:g}fps" if rate else "")
-    config = tfds_builders.Config(name=base.name + suffix, benchmark=base.benchmark,
+    config = common.Config(name=base.name + suffix, benchmark=base.benchmark,
                                   short_side=short, fps=rate, description=base.description)
   opts = ["--runner=DirectRunner"]
   if workers > 1:

@@ -33,7 +33,7 @@ def main(argv):
 
   config = _CONFIG.value
   split = _SPLIT.value or config.dataset.eval_split
-  tr = trainer.Trainer(config, make_mesh())
+  tr = trainer.Trainer(config, make_mesh(), loaders.input_shapes(config))
   try:
     state, step = trainer.restore_checkpoint(tr, _WORKDIR.value, config, _STEP.value)
   except FileNotFoundError as e:

@@ -65,7 +65,7 @@ def load_clips(config, split, positions):
   from data_pipelines.skeletons import LAYOUTS
 
   ds = input_pipeline.make_dataset(
-      config.dataset.data_dir, split, num_frames=config.model.num_frames,
+      config.dataset.data_dir, split, num_frames=config.num_frames,
       image_size=config.image_size, num_joints=len(LAYOUTS[config.dataset.joint_layout]),
       batch_size=64, train=False, num_clips=1, cache=False)
   want, got, pos = set(positions), {}, 0
@@ -114,7 +114,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   import jax
   import numpy as np
-  from data_pipelines import input_pipeline
+  from data_pipelines import input_pipeline, loaders
   from data_pipelines.records import read_classes
   from data_pipelines.skeletons import BONES, LAYOUTS
   from deform3d import explain
@@ -126,7 +126,7 @@ def main(argv):
   split = _SPLIT.value or ("test" if config.dataset.name == "embedded"
                            else config.dataset.eval_split)
   classes = list(read_classes(config.dataset.data_dir))
-  tr = trainer.Trainer(config, make_mesh())
+  tr = trainer.Trainer(config, make_mesh(), loaders.input_shapes(config))
   try:
     state, step = trainer.restore_checkpoint(tr, _WORKDIR.value, config, _STEP.value)
   except FileNotFoundError as e:
@@ -149,8 +149,8 @@ def main(argv):
   lifts = {}
   for i, pos in enumerate(positions):
     blocks = [int(b) for b in _BLOCKS.value] if _BLOCKS.value else None
-    e = explain.explain_clip(maps, tr.model, i, blocks=blocks, joint_names=LAYOUTS[layout], logits=logits,
-                             class_names=classes)
+    e = explain.explain_clip(maps, tr.model, i, blocks=blocks, num_frames=config.num_frames,
+                             joint_names=LAYOUTS[layout], logits=logits, class_names=classes)
     e.update(clip=pos, id=ids[i], label=int(labels[i]), label_name=classes[labels[i]],
              checkpoint_step=int(step), split=split)
     stem = f"clip{pos:05d}"

@@ -1,6 +1,6 @@
 """Model size, FLOPs and peak memory from XLA's own analyses (no timing, runs on any backend).
 
-``python launch/model_stats.py [--configs embedded,ntu60_xsub] [--batch 8] [--out stats.json]``
+``python launch/model_stats.py [--configs embedded ntu:split=xsub60] [--batch 8] [--out stats.json]``
 
 For the model of each config, in both block designs (``paper``, the default, and ``pooled``,
 the earlier one):
@@ -15,7 +15,6 @@ The model settings come from the config files; the paper-scale configs compute i
 (their ``model.dtype``). Needs no TensorFlow.
 """
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -27,29 +26,31 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from configs.common import load  # noqa: E402
+from data_pipelines.skeletons import LAYOUTS  # noqa: E402  (plain Python, no TensorFlow)
 from deform3d.models import build_model  # noqa: E402
 
 
-def _inputs(model, config, batch):
-  frames = jax.ShapeDtypeStruct((batch, model.num_frames, config.image_size, config.image_size, 3),
-                                jnp.float32)
-  keypoints = jax.ShapeDtypeStruct((batch, model.num_frames, model.num_joints,
-                                    config.keypoint_dim), jnp.float32)
-  return frames, keypoints
+def _inputs(config, batch):
+  """Abstract inputs of the config's data: (x, y, score) keypoints of its joint layout."""
+  t, s = config.num_frames, config.image_size
+  joints = len(LAYOUTS[config.dataset.joint_layout])
+  return (jax.ShapeDtypeStruct((batch, t, s, s, 3), jnp.float32),
+          jax.ShapeDtypeStruct((batch, t, joints, 3), jnp.float32))
 
 
 def model_stats(config_name: str, design: str, batch: int) -> dict:
-  config = importlib.import_module(f"configs.{config_name}").get_config()
+  config = load(config_name)
   row = {"config": config_name, "design": design, "dtype": config.model.dtype, "batch": batch}
   model = build_model({**config.model, "design": design, "drop_path": 0.0, "dropout": 0.0})
-  frames, keypoints = _inputs(model, config, 1)
+  frames, keypoints = _inputs(config, 1)
   params = jax.eval_shape(model.init, jax.random.key(0), frames, keypoints)["params"]
   row["params"] = int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
   fwd = jax.jit(lambda p, f, k: model.apply({"params": p}, f, k)).lower(params, frames, keypoints)
   cost = fwd.compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   row["gflops_per_clip"] = float(cost["flops"]) / 1e9
-  frames, keypoints = _inputs(model, config, batch)
+  frames, keypoints = _inputs(config, batch)
   labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
   for remat in (False, True):
     m = build_model({**config.model, "design": design, "remat": remat, "drop_path": 0.0,
@@ -68,7 +69,8 @@ def model_stats(config_name: str, design: str, batch: int) -> dict:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--configs", default="embedded,ntu60_xsub")
+  parser.add_argument("--configs", nargs="+", default=["embedded", "ntu:split=xsub60"],
+                      help="NAME[:ARG] of configs/NAME.py, e.g. ntu:split=xsub60,pose=kinect")
   parser.add_argument("--designs", default="paper,pooled")
   parser.add_argument("--batch", type=int, default=8, help="clips per training step for memory")
   parser.add_argument("--out", default=None)
@@ -78,7 +80,7 @@ def main():
   print("| config | design | dtype | params | GFLOPs/clip (fwd) | step peak MiB "
         f"(B={args.batch}) | with remat |")
   print("| --- | --- | --- | --- | --- | --- | --- |")
-  for name in args.configs.split(","):
+  for name in args.configs:
     for design in args.designs.split(","):
       r = model_stats(name, design, args.batch)
       rows.append(r)

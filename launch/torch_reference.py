@@ -262,6 +262,8 @@ def block(p, rgb, cross, pose, cfg, i, train, groups):
     x = layer_norm(p["norm_rgb"], rgb)
     m = layer_norm(p["norm_cross"], cross).reshape(b, t * k, c)
     zz, yy, xx = torch.meshgrid(cell_centres(tr), cell_centres(h), cell_centres(w), indexing="ij")
+    if cfg["rgb_query_pos"] == "frame":  # ablation: the RGB queries at their frame's centre
+      xx, yy = torch.zeros_like(xx), torch.zeros_like(yy)
     rgb_pos = torch.stack([xx, yy, zz], dim=-1).reshape(1, n, 3).expand(b, n, 3)
     m_pos = cross_positions(b, t, k)
     y = deformable_attention(p["cross_attn"], torch.cat([x.reshape(b, n, c), m], dim=1),
@@ -315,7 +317,7 @@ def forward(params, frames, keypoints, cfg, train: bool = False):
   b = keypoints.shape[0]
   rgb = rgb_stem(params["rgb_stem"], frames, cfg) if cfg["use_rgb"] else None
   pose = pose_embed(params["pose_embed"], keypoints, b, cfg)
-  t, j, c = pose.shape[1], cfg["num_joints"], cfg["embed_dim"]
+  t, j, c = pose.shape[1], keypoints.shape[2], cfg["embed_dim"]
   paper = cfg["design"] == "paper"
   k = cfg["num_cross_tokens"] if paper else 1
   cross = params["cross_token"].expand(b, t, k, c)

@@ -1,5 +1,14 @@
-"""Shared pytest setup: quiet logs, CPU only, reproducible random draws."""
+"""Shared pytest setup: quiet logs, CPU only, reproducible random draws, one compilation cache.
+
+Many tests compile the same small programs: the tiny config's training step in every
+``launch/train.py`` subprocess of the resume and kill tests, the same model in several test
+files. JAX's persistent compilation cache, in a fresh directory per test session that the xdist
+workers and every subprocess share (through ``JAX_COMPILATION_CACHE_DIR``), compiles each once.
+It changes no result: a cached executable is the one XLA compiled for the same program.
+"""
 import os
+import shutil
+import tempfile
 import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -7,6 +16,24 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+_CACHE_OWNER = False
+
+
+def pytest_configure(config):
+  """The controller (or a run without xdist) makes the cache directory before any worker or
+  subprocess starts; they inherit the variables. Set JAX_COMPILATION_CACHE_DIR yourself to keep
+  a cache between runs."""
+  global _CACHE_OWNER
+  if "JAX_COMPILATION_CACHE_DIR" not in os.environ and "PYTEST_XDIST_WORKER" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="deform3d-jax-cache-")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    _CACHE_OWNER = True
+
+
+def pytest_unconfigure(config):
+  if _CACHE_OWNER:
+    shutil.rmtree(os.environ.pop("JAX_COMPILATION_CACHE_DIR"), ignore_errors=True)
 
 
 @pytest.fixture

@@ -46,8 +46,8 @@ def main(mode, data, workdir, *rest):
     # The global batch of the 2-process run: process 0's local batch, then process 1's.
     def make_iter(start):
       its = [input_pipeline.iterate(input_pipeline.make_dataset(
-          data, "train", num_frames=config.model.num_frames, image_size=config.image_size,
-          num_joints=config.model.num_joints, batch_size=config.batch_size // 2, train=True,
+          data, "train", num_frames=config.num_frames, image_size=config.image_size,
+          num_joints=len(COCO17), batch_size=config.batch_size // 2, train=True,
           seed=config.seed, flip_perm=flip_permutation(COCO17),
           crop_scale=tuple(config.dataset.crop_scale), process_index=i, process_count=2,
           shuffle_buffer=config.dataset.shuffle_buffer, cache=config.dataset.cache,

@@ -11,9 +11,24 @@ import pickle
 
 import numpy as np
 
-from data_pipelines.raw import ntu
-from data_pipelines.raw.video import write_video
+from data_pipelines.datasets import ntu
 
+
+def write_video(path: str, frames: np.ndarray, fps: int = 30) -> None:
+  """Writes uint8 ``(F, H, W, 3)`` frames as an MPEG-4 (.mp4/.avi) video."""
+  import av
+
+  with av.open(path, "w") as container:
+    stream = container.add_stream("mpeg4", rate=fps)
+    stream.height, stream.width = frames.shape[1:3]
+    stream.pix_fmt = "yuv420p"
+    stream.bit_rate = 4_000_000
+    for f in frames:
+      for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f),
+                                                             format="rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
 
 def frames(rng, n, h, w):
   yy, xx = np.mgrid[0:h, 0:w]

@@ -18,9 +18,7 @@ def test_sampler_benchmark_reports_all_implementations(monkeypatch):
 
 
 def test_model_benchmark_reports_jax_and_the_torch_reference():
-  tiny = [("tiny", dict(num_classes=3, num_frames=4, num_joints=5, embed_dim=32, depth=2,
-                        num_heads=2, joint_window=3, joint_strides=(1, 2),
-                        temporal_strides=(1, 2)), 2, 32)]
+  tiny = [s for s in benchmark.MODEL_SIZES if s[0] == "tiny"]  # configs/embedded.py:variant=tiny
   rows = benchmark.bench_model(repeats=1, sizes=tiny, dtypes=("float32",), log=lambda s: None)
   assert [r["impl"] for r in rows] == ["jax", "torch"]
   for r in rows:

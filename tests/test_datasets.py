@@ -5,7 +5,6 @@ skipped with a reason naming the file."""
 import glob
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -18,9 +17,9 @@ pytest.importorskip("av")
 
 from tests import raw_fixtures as fx  # noqa: E402
 from data_pipelines import records  # noqa: E402
-from data_pipelines.raw import common, finegym, ntu, penn, pyskl  # noqa: E402
-from data_pipelines.raw.common import RawFormatError  # noqa: E402
-from data_pipelines.raw.video import read_video, write_video  # noqa: E402
+from data_pipelines.datasets import common, finegym, ntu, penn, pyskl  # noqa: E402
+from data_pipelines.datasets.common import RawFormatError, read_video  # noqa: E402
+from tests.raw_fixtures import write_video  # noqa: E402
 from launch.build_dataset import build  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -316,21 +315,14 @@ def test_beam_multi_worker_build_equals_single_worker(raw, tmp_path):
 
 
 @pytest.mark.parametrize("name,config", [
-    ("ntu60", "ntu60_xsub.py:kinect"), ("ntu120", "ntu120_xset.py:kinect"),
-    ("pyskl", "ntu60_xsub.py"), ("penn", "pennaction.py"), ("finegym", "finegym.py")])
+    ("ntu60", "ntu.py:split=xsub60,pose=kinect"), ("ntu120", "ntu.py:split=xset120,pose=kinect"),
+    ("pyskl", "ntu.py:split=xsub60"), ("penn", "pennaction.py"), ("finegym", "finegym.py")])
 def test_training_script_reads_converted_fixture(built, tmp_path, name, config):
-  tiny = ["--config.image_size=32", "--config.model.num_frames=4", "--config.model.embed_dim=16",
-          "--config.model.depth=2", "--config.model.num_heads=2", "--config.model.stem_strides=(4,2)",
-          "--config.model.stem_temporal_stride=1", "--config.model.joint_strides=(1,2)",
-          "--config.model.temporal_strides=(1,2)", "--config.model.temporal_window=2",
-          "--config.model.dtype=float32", "--config.batch_size=2", "--config.total_steps=2",
-          "--config.warmup_steps=1", "--config.log_every=1", "--config.eval_every=2",
-          "--config.checkpoint_every=2", "--config.dataset.eval_clips=1",
-          "--config.dataset.shuffle_buffer=8", "--config.tensorboard=false"]
   proc = subprocess.run(
       [sys.executable, os.path.join(ROOT, "launch", "train.py"),
-       f"--config={os.path.join(ROOT, 'configs', config)}", f"--workdir={tmp_path}",
-       f"--config.dataset.data_dir={built[name]}", "--eval_test=false", *tiny],
+       f"--config={os.path.join(ROOT, 'configs', config)}{',' if ':' in config else ':'}"
+       "runlocal=true", f"--workdir={tmp_path}",
+       f"--config.dataset.data_dir={built[name]}", "--eval_test=false"],
       capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "step 2" in proc.stdout and "top1" in proc.stdout, proc.stdout[-2000:]

@@ -13,9 +13,9 @@ from deform3d import explain
 from deform3d.models import attention_maps, build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(num_classes=3, num_frames=8, num_joints=7, embed_dim=32, depth=3, num_heads=2,
-            num_groups=2, joint_window=3, joint_strides=(1, 2, 1), temporal_window=4,
-            temporal_strides=(2, 1, 2))
+# The tiny size (deform3d/models/model.py VARIANTS) made three blocks deep for 8 frames of 7 joints.
+TINY = dict(variant="tiny", num_classes=3, depth=3, joint_window=3, joint_strides=(1, 2, 1),
+            temporal_window=4, temporal_strides=(2, 1, 2))
 
 
 def tiny_maps(rng, **overrides):
@@ -105,14 +105,14 @@ def test_explain_command_on_a_trained_model_finds_the_waving_forearm(tmp_path):
   clips the cross token's first-block attention on the waving forearm (right elbow and wrist)
   exceeds its uniform share, and by more than in the clips of the other classes."""
   pytest.importorskip("tensorflow")
-  from configs.common import base_config
+  from configs.embedded import get_config
   from data_pipelines import embedded, loaders
   from deform3d.train import trainer
 
   data = str(tmp_path / "data")
   embedded.build(data, sizes={"train": (800, 2, 31), "val": (20, 1, 32), "test": (60, 1, 33)},
                  verbose=False)
-  config = base_config()
+  config = get_config()
   config.dataset.data_dir = data
   config.total_steps = STEPS
   config.warmup_steps = 30

@@ -6,8 +6,6 @@ model of every config in ``configs/``. The rewrites of the small pieces are also
 direct forms: custom-VJP batched matmuls vs ``jnp.einsum`` autodiff, the joint group layout vs
 gathering by the index table, the folded depthwise conv vs ``nn.Conv`` on the projected input.
 """
-import glob
-import importlib
 import os
 
 import flax.linen as nn
@@ -89,21 +87,21 @@ def assert_same_function(plain, fast, variables, args, kwargs=None, leaf_tol=1e-
   """``fast.apply`` equals ``plain.apply``: the outputs (1e-5 relative to their largest value) and
   the gradients of a random projection of the output w.r.t. parameters and inputs (relative
   error of the whole gradient vector < 1e-5; each leaf below ``leaf_tol``, see
-  ``grad_errors``)."""
+  ``grad_errors``). Output and gradients come from one jitted function per module."""
   kwargs = kwargs or {}
-  out = plain.apply(variables, *args, **kwargs)
-  out = out[0] if isinstance(out, tuple) else out
-  cot = jnp.asarray(np.random.default_rng(0).standard_normal(out.shape), jnp.float32)
+  first = lambda y: y[0] if isinstance(y, tuple) else y
+  shape = jax.eval_shape(lambda v, *a: first(plain.apply(v, *a, **kwargs)), variables, *args)
+  cot = jnp.asarray(np.random.default_rng(0).standard_normal(shape.shape), jnp.float32)
 
-  def scalar(module):
+  def output_and_grads(module):
     def fn(v, *a):
-      y = module.apply(v, *a, **kwargs)
-      return jnp.sum((y[0] if isinstance(y, tuple) else y) * cot)
-    return jax.jit(jax.value_and_grad(fn, argnums=tuple(range(1 + len(args)))))
+      y = first(module.apply(v, *a, **kwargs))
+      return jnp.sum(y * cot), y
+    return jax.jit(jax.value_and_grad(fn, argnums=tuple(range(1 + len(args))), has_aux=True))
 
-  (_, ga), (_, gb) = scalar(plain)(variables, *args), scalar(fast)(variables, *args)
-  fast_out = fast.apply(variables, *args, **kwargs)
-  assert rel_err(fast_out[0] if isinstance(fast_out, tuple) else fast_out, out) < 1e-5
+  (_, out), ga = output_and_grads(plain)(variables, *args)
+  (_, fast_out), gb = output_and_grads(fast)(variables, *args)
+  assert rel_err(fast_out, out) < 1e-5
   total, worst = grad_errors(ga, gb)
   assert total < 1e-5, (total, worst)
   assert worst < leaf_tol, (total, worst)
@@ -226,26 +224,35 @@ def test_fast_joint_attention_equals_plain(rng, num_joints, window, stride):
   assert rel_err(b.transpose(2, 4, 0, 1, 3, 5)[rows], a.transpose(2, 4, 0, 1, 3, 5)[rows]) < 1e-5
 
 
+# Every config file with every argument value (tests/test_train.py loads and builds each).
+ALL_CONFIGS = ["embedded", "embedded:variant=pooled", "embedded:variant=rgb_only",
+               "embedded:variant=pose_only", "embedded:variant=tiny", "finegym",
+               "finegym:runlocal=true", "pennaction", "pennaction:runlocal=true"] + [
+                   f"ntu:split={s},pose={p},runlocal={r}" for s in ("xsub60", "xview60",
+                                                                   "xsub120", "xset120")
+                   for p in ("hrnet", "kinect") for r in ("false", "true")]
+
+
+# Every config file with every argument that changes its model (test_every_config_is_checked).
+CONFIG_SPECS = ["embedded", "embedded:variant=pooled", "embedded:variant=rgb_only",
+                "embedded:variant=pose_only", "embedded:variant=tiny", "finegym", "pennaction",
+                "ntu:split=xsub60", "ntu:split=xsub60,pose=kinect"]
+
+
 def config_models():
-  """The distinct models of ``configs/*.py`` (NTU also with its Kinect-skeleton variant), each
-  named by the configs that use it; configs that differ only in ``num_classes`` share one.
-  Float32, no dropout. The paper-scale models keep every architecture setting but read 64 px,
-  8-frame inputs (their 224 px, 32-frame form: docs/model.md gives the result of the same check
-  run as ``python -m tests.test_fast_paths``)."""
+  """The distinct models of ``CONFIG_SPECS``, each named by the configs that use it; configs
+  that differ only in ``num_classes`` share one. Float32, no dropout. The paper-scale models
+  keep every architecture setting but read 64 px, 8-frame inputs (their 224 px, 32-frame form:
+  docs/model.md gives the result of the same check run as ``python -m tests.test_fast_paths``)."""
+  from configs.common import load
+  from data_pipelines.skeletons import LAYOUTS
   out = {}
-  for path in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))):
-    name = os.path.basename(path)[:-3]
-    if name in ("__init__", "common"):
-      continue
-    module = importlib.import_module(f"configs.{name}")
-    variants = [(name, module.get_config())]
-    if name.startswith("ntu"):
-      variants.append((f"{name}:kinect", module.get_config("kinect")))
-    for label, config in variants:
-      model = dict(config.model, dtype="float32", dropout=0.0, attn_dropout=0.0, drop_path=0.0)
-      shapes = (config.image_size, config.keypoint_dim)
-      key = repr(sorted((k, v) for k, v in model.items() if k != "num_classes")) + repr(shapes)
-      out.setdefault(key, (model, shapes, []))[2].append(label)
+  for spec in CONFIG_SPECS:
+    config = load(spec)
+    model = dict(config.model, dtype="float32", dropout=0.0, attn_dropout=0.0, drop_path=0.0)
+    shapes = (config.num_frames, config.image_size, len(LAYOUTS[config.dataset.joint_layout]))
+    key = repr(sorted((k, v) for k, v in model.items() if k != "num_classes")) + repr(shapes)
+    out.setdefault(key, (model, shapes, []))[2].append(spec)
   return {"+".join(labels): (model, shapes) for model, shapes, labels in out.values()}
 
 
@@ -254,15 +261,12 @@ CONFIG_MODELS = config_models()
 
 def check_config_model(model_config, shapes, full_size=False, batch=2):
   """Plain vs fast model on random inputs: logits and every parameter gradient."""
-  image_size, keypoint_dim = shapes
+  t, image_size, j = shapes
   if image_size > 64 and not full_size:
-    image_size = 64
-    model_config = dict(model_config, num_frames=8)
-    batch = 1
+    t, image_size, batch = 8, 64, 1
   rng = np.random.default_rng(0)
-  t, j = model_config["num_frames"], model_config["num_joints"]
   frames = jnp.asarray(rng.standard_normal((batch, t, image_size, image_size, 3)), jnp.float32)
-  keypoints = rng.uniform(-1, 1, (batch, t, j, keypoint_dim)).astype(np.float32)
+  keypoints = rng.uniform(-1, 1, (batch, t, j, 3)).astype(np.float32)
   keypoints[..., 2:] = np.abs(keypoints[..., 2:]) * (rng.random((batch, t, j, 1)) > 0.1)
   plain = build_model(dict(model_config, fast=False))
   fast = build_model(dict(model_config, fast=True))
@@ -278,13 +282,15 @@ def test_fast_model_equals_plain_model_for_every_config(name):
 
 def test_every_config_is_checked():
   labels = {l for name in CONFIG_MODELS for l in name.split("+")}
-  files = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))}
-  assert files - {"__init__", "common"} <= labels
-  assert any("pooled" in l for l in labels) and any("kinect" in l for l in labels)
+  # Every config file, every embedded variant, both NTU pose sources (the other NTU arguments
+  # change only the class count, the data and the schedule, or give the tiny model).
+  assert {s.split(":")[0] for s in ALL_CONFIGS} == {s.split(":")[0] for s in labels}
+  assert {s for s in ALL_CONFIGS if s.startswith("embedded")} <= labels
+  assert any("kinect" in l for l in labels)
 
 
 if __name__ == "__main__":  # the full-size check of the paper-scale configs (minutes on CPU)
   for name, (model_config, shapes) in sorted(CONFIG_MODELS.items()):
-    if shapes[0] > 64:
+    if shapes[1] > 64:
       check_config_model(model_config, shapes, full_size=True, batch=1)
       print(f"{name}: fast == plain at full size (logits, gradients)")

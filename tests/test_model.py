@@ -10,9 +10,8 @@ from deform3d.models import (DeformableAttention3D, DropPath, attention_maps, bu
                              joint_groups)
 from deform3d.models.deformable import reference_grid
 
-TINY = dict(num_classes=3, num_frames=4, num_joints=5, embed_dim=32, depth=2, num_heads=2,
-            num_groups=2, joint_window=3, joint_strides=(1, 2), temporal_window=2,
-            temporal_strides=(1, 2), stem_strides=(4, 2), offset_strides=(2, 2, 2))
+# The tiny size of deform3d/models/model.py VARIANTS, with windows of 3 of the 5 joints drawn here.
+TINY = dict(variant="tiny", num_classes=3, joint_window=3)
 
 
 def make_inputs(rng, b=2, t=4, hw=32, j=5, d=3):
@@ -29,11 +28,12 @@ def init(model, frames, keypoints, seed=0):
     ({}, 4, 32, 4),
     ({"use_pose": False}, 4, 32, 4),
     ({"use_rgb": False}, 4, 32, 4),
-    ({"num_frames": 5, "temporal_strides": (2, 2)}, 5, 32, 3),     # 5 -> 3: last frame repeated
-    ({"num_frames": 6, "stem_temporal_stride": 2, "temporal_strides": (1, 1)}, 6, 48, 3),
+    ({"temporal_strides": (2, 2)}, 5, 32, 3),     # 5 -> 3: last frame repeated
+    ({"stem_temporal_stride": 2, "temporal_strides": (1, 1)}, 6, 48, 3),
     ({"design": "pooled"}, 4, 32, 4),
     ({"num_cross_tokens": 1, "rgb_merge": False}, 4, 32, 4),
     ({"fast": False}, 4, 32, 4),
+    ({"rgb_query_pos": "frame"}, 4, 32, 4),
     ({"remat": True}, 4, 32, 4),
 ])
 def test_output_shapes(rng, overrides, t, hw, expect_t):
@@ -51,7 +51,7 @@ def test_output_shapes(rng, overrides, t, hw, expect_t):
 
 
 def test_temporal_stride_shrinks_tokens(rng):
-  model = build_model({**TINY, "num_frames": 8, "temporal_strides": (2, 2), "num_cross_tokens": 2})
+  model = build_model({**TINY, "temporal_strides": (2, 2), "num_cross_tokens": 2})
   frames, keypoints = make_inputs(rng, t=8)
   _, maps = attention_maps(model, init(model, frames, keypoints), frames, keypoints)
   assert maps["block0/joint_attn/joint_importance"].shape[1] == 8
@@ -61,15 +61,15 @@ def test_temporal_stride_shrinks_tokens(rng):
   # the RGB stream too (rgb_merge).
   assert maps["block0/cross_attn/attn/attention"].shape == (2, 2, 8 * 16 + 8 * 2, 4 * 4 + 8 * 2)
   assert maps["block1/cross_attn/attn/attention"].shape == (2, 2, 4 * 16 + 4 * 2, 2 * 4 + 4 * 2)
-  model = build_model({**TINY, "num_frames": 8, "temporal_strides": (2, 2)})  # default K = 1
+  model = build_model({**TINY, "temporal_strides": (2, 2)})  # default K = 1
   _, maps = attention_maps(model, init(model, frames, keypoints), frames, keypoints)
   assert maps["block0/cross_attn/attn/attention"].shape == (2, 2, 8 * 16 + 8, 4 * 4 + 8)
-  model = build_model({**TINY, "num_frames": 8, "temporal_strides": (2, 2), "rgb_merge": False,
+  model = build_model({**TINY, "temporal_strides": (2, 2), "rgb_merge": False,
                        "num_cross_tokens": 2})
   _, maps = attention_maps(model, init(model, frames, keypoints), frames, keypoints)
   assert maps["block1/cross_attn/attn/attention"].shape == (2, 2, 8 * 16 + 4 * 2, 4 * 4 + 4 * 2)
   # The earlier design: the T (1 + J) cross and joint tokens query the sampled tokens alone.
-  model = build_model({**TINY, "num_frames": 8, "temporal_strides": (2, 2), "design": "pooled"})
+  model = build_model({**TINY, "temporal_strides": (2, 2), "design": "pooled"})
   _, maps = attention_maps(model, init(model, frames, keypoints), frames, keypoints)
   assert maps["block0/cross_attn/attn/attention"].shape == (2, 2, 8 * 6, 4 * 4)
   assert maps["block1/cross_attn/attn/attention"].shape == (2, 2, 4 * 6, 4 * 4)
@@ -275,10 +275,28 @@ def test_bad_config_and_inputs_raise(rng):
   with pytest.raises(ValueError, match="temporal_strides has 1 entries"):
     model.init(jax.random.key(0), frames, keypoints)
   model = build_model(TINY)
-  with pytest.raises(ValueError, match=r"keypoints must be \(B, T, J, D\)"):
-    model.init(jax.random.key(0), frames, keypoints[:, :, :4])
+  with pytest.raises(ValueError, match=r"keypoints \(B, T, J, D\) are required"):
+    model.init(jax.random.key(0), frames, keypoints[:, :, 0])
+  with pytest.raises(ValueError, match=r"frames must be \(B, T, H, W, 3\) with \(B, T\)"):
+    model.init(jax.random.key(0), frames[:, :3], keypoints)
+  # The frame and joint counts come from the inputs at init; other counts later are refused.
+  variables = init(model, frames, keypoints)
+  with pytest.raises(ValueError, match=r"PoseEmbed: .*made for \(5, 32\) \(joints.*gives \(4, 32\)"):
+    model.apply(variables, frames, keypoints[:, :, :4])
+  with pytest.raises(ValueError, match=r"RGBStem: .*made for \(4, 1, 1, 32\).*gives \(3, 1, 1"):
+    model.apply(variables, frames[:, :3], keypoints[:, :3])
+  with pytest.raises(ValueError, match=r"PoseEmbed: .*made for \(4, 1, 32\).*gives \(3, 1, 32"):
+    build_model({**TINY, "use_rgb": False}).apply(
+        init(build_model({**TINY, "use_rgb": False}), frames, keypoints), frames[:, :3],
+        keypoints[:, :3])
+  with pytest.raises(TypeError, match="lacks.*set model.variant"):
+    build_model({"num_classes": 3})
+  with pytest.raises(ValueError, match="model.variant must be one of"):
+    build_model({"variant": "huge", "num_classes": 3})
   with pytest.raises(ValueError, match="design must be one of"):
     build_model({**TINY, "design": "dat"}).init(jax.random.key(0), frames, keypoints)
+  with pytest.raises(ValueError, match="rgb_query_pos must be"):
+    build_model({**TINY, "rgb_query_pos": "centre"}).init(jax.random.key(0), frames, keypoints)
   with pytest.raises(ValueError, match="num_cross_tokens must be 1 or 2"):
     build_model({**TINY, "num_cross_tokens": 3}).init(jax.random.key(0), frames, keypoints)
 

@@ -1,6 +1,7 @@
 """Preemption (SIGKILL) with exact resume, NaN stop, full disk on save, and bad input data."""
 import errno
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -19,13 +20,16 @@ from tests.test_train import TINY_SPLITS, tiny_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 10
-TINY = ["--config.image_size=32", "--config.model.num_frames=4", "--config.model.embed_dim=32",
-        "--config.model.depth=2", "--config.model.num_heads=2", "--config.model.joint_strides=(1,2)",
-        "--config.model.temporal_strides=(1,2)", "--config.model.temporal_window=2",
-        "--config.batch_size=8", f"--config.total_steps={STEPS}", "--config.warmup_steps=2",
-        "--config.log_every=1", "--config.eval_every=0", "--config.checkpoint_every=1",
-        "--config.keep_checkpoints=2", "--config.tensorboard=false", "--eval_test=false"]
+# configs/embedded.py's small local variant, made to log and checkpoint every step.
+TINY = [f"--config.total_steps={STEPS}", "--config.log_every=1", "--config.eval_every=0",
+        "--config.checkpoint_every=1", "--config.keep_checkpoints=2", "--eval_test=false"]
 
+
+
+def split_summary(directory, split):
+  """The ``{split}.json`` that ``records.write_split`` writes (counts, skipped samples)."""
+  with open(os.path.join(directory, f"{split}.json")) as fh:
+    return json.load(fh)
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
@@ -36,7 +40,8 @@ def data_dir(tmp_path_factory):
 
 def train_cmd(data, workdir):
   return [sys.executable, os.path.join(ROOT, "launch", "train.py"),
-          f"--config={os.path.join(ROOT, 'configs', 'embedded.py')}", f"--workdir={workdir}",
+          f"--config={os.path.join(ROOT, 'configs', 'embedded.py')}:variant=tiny",
+          f"--workdir={workdir}",
           f"--config.dataset.data_dir={data}", *TINY]
 
 
@@ -143,7 +148,8 @@ def test_full_disk_on_save_names_step_and_keeps_earlier_checkpoint(data_dir, tmp
   monkeypatch.undo()
   mngr = trainer.checkpoint_manager(str(tmp_path), config)
   assert mngr.latest_step() == 4
-  state = trainer.restore_step(trainer.Trainer(config, trainer.shd.make_mesh()), mngr, config, 4)
+  tr = trainer.Trainer(config, trainer.shd.make_mesh(), loaders.input_shapes(config))
+  state = trainer.restore_step(tr, mngr, config, 4)
   assert int(state.step) == 4
 
 
@@ -195,7 +201,7 @@ def test_nan_keypoints_rejected_at_write_and_at_read(rng, tmp_path):
   s = static_sample(rng, 1, sid="nanclip")
   s.keypoints[2, 3, 0] = np.nan
   d = write(tmp_path, [s, static_sample(rng, 2, sid="ok")])
-  skipped = records.split_summary(d, "train")["skipped"]
+  skipped = split_summary(d, "train")["skipped"]
   assert skipped == [{"id": "nanclip", "reason": "nanclip: keypoints contain NaN or inf"}]
   rewrite_first(d, lambda f: f["pose/keypoints"].float_list.value.__setitem__(5, float("nan")))
   with pytest.raises(input_pipeline.DataError, match="pose/keypoints contains NaN"):
@@ -211,7 +217,7 @@ def test_wrong_joint_count_and_label_outside_class_list(rng, tmp_path):
     read_all(d)
   bad = static_sample(rng, 11, sid="big_label")
   d2 = write(tmp_path / "b", [bad, static_sample(rng, 1, sid="ok")])
-  assert records.split_summary(d2, "train")["skipped"][0]["id"] == "big_label"
+  assert split_summary(d2, "train")["skipped"][0]["id"] == "big_label"
 
 
 def test_clip_shorter_than_num_frames_repeats_frames(rng, tmp_path):

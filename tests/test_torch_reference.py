@@ -14,24 +14,23 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import torch_reference  # noqa: E402
 from deform3d.models import build_model, joint_groups  # noqa: E402
 
+# (model config, frames, joints): sizes from deform3d/models/model.py VARIANTS.
 CONFIGS = [
-    # The embedded config's model (the paper's block, two cross-modal tokens).
-    dict(num_classes=10, num_frames=8, num_joints=17, drop_path=0.0),
+    # The embedded config's model (the paper's block, one cross-modal token).
+    (dict(variant="embedded", num_classes=10, drop_path=0.0), 8, 17),
     # Temporal stem stride, a partial joint group, odd offset strides (edge padding), merges,
-    # and the RGB stream kept at full temporal length.
-    dict(num_classes=5, num_frames=6, num_joints=13, embed_dim=32, depth=3, num_heads=4,
-         stem_temporal_stride=2, joint_window=5, joint_strides=(1, 2, 1),
-         temporal_strides=(1, 2, 1), temporal_window=2, offset_strides=(2, 3, 3), drop_path=0.0,
-         rgb_merge=False),
+    # two cross-modal tokens, and the RGB stream kept at full temporal length.
+    (dict(variant="tiny", num_classes=5, depth=3, num_heads=4, stem_temporal_stride=2,
+          joint_window=5, joint_strides=(1, 2, 1), temporal_strides=(1, 2, 1),
+          offset_strides=(2, 3, 3), drop_path=0.0, rgb_merge=False, num_cross_tokens=2), 6, 13),
     # The earlier design (ablation).
-    dict(num_classes=10, num_frames=8, num_joints=17, drop_path=0.0, design="pooled"),
-    # Pose-only, and RGB-only with one cross-modal token.
-    dict(num_classes=4, num_frames=4, num_joints=5, embed_dim=32, depth=2, num_heads=2,
-         joint_window=3, joint_strides=(1, 2), temporal_strides=(1, 2), use_rgb=False,
-         drop_path=0.0),
-    dict(num_classes=4, num_frames=4, num_joints=5, embed_dim=32, depth=2, num_heads=2,
-         joint_window=3, joint_strides=(1, 2), temporal_strides=(1, 2), use_pose=False,
-         drop_path=0.0, num_cross_tokens=1),
+    (dict(variant="embedded", num_classes=10, drop_path=0.0, design="pooled"), 8, 17),
+    # RGB queries' bias positions at their frame's centre (ablation).
+    (dict(variant="tiny", num_classes=4, joint_window=3, rgb_query_pos="frame", drop_path=0.0),
+     4, 5),
+    # Pose-only, and RGB-only.
+    (dict(variant="tiny", num_classes=4, joint_window=3, use_rgb=False, drop_path=0.0), 4, 5),
+    (dict(variant="tiny", num_classes=4, joint_window=3, use_pose=False, drop_path=0.0), 4, 5),
 ]
 
 
@@ -42,10 +41,10 @@ def test_joint_groups_are_the_same_table(num_joints, window, stride):
                                 joint_groups(num_joints, window, stride))
 
 
-@pytest.mark.parametrize("overrides", CONFIGS)
-def test_same_logits_and_gradients_as_flax(rng, overrides):
+@pytest.mark.parametrize("overrides,t,j", CONFIGS)
+def test_same_logits_and_gradients_as_flax(rng, overrides, t, j):
   model = build_model(overrides)
-  b, t, j = 3, model.num_frames, model.num_joints
+  b = 3
   frames = rng.standard_normal((b, t, 48, 48, 3)).astype(np.float32)
   keypoints = rng.uniform(-1, 1, (b, t, j, 3)).astype(np.float32)
   keypoints[..., 2] = np.where(rng.random((b, t, j)) < 0.1, 0.0, np.abs(keypoints[..., 2]))
@@ -96,7 +95,7 @@ def test_same_logits_and_gradients_as_flax(rng, overrides):
 
 
 def test_rejects_dropout():
-  model = build_model({**CONFIGS[3], "dropout": 0.1})
+  model = build_model({**CONFIGS[4][0], "dropout": 0.1})
   params = torch_reference.params_from_flax(model.init(
       jax.random.key(0), np.zeros((1, 4, 48, 48, 3), np.float32),
       np.zeros((1, 4, 5, 3), np.float32))["params"])

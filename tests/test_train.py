@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from configs.common import base_config  # noqa: E402
+from configs import embedded as embedded_config  # noqa: E402
 from data_pipelines import embedded, loaders  # noqa: E402
 from deform3d.train import report, trainer  # noqa: E402
 from deform3d.train.metrics import classification_metrics  # noqa: E402
@@ -20,19 +20,9 @@ TINY_SPLITS = {"train": (40, 2, 11), "val": (20, 1, 12), "test": (20, 1, 13)}
 
 
 def tiny_config(data_dir):
-  c = base_config()
+  """configs/embedded.py's small local variant, reading ``data_dir``."""
+  c = embedded_config.get_config("variant=tiny")
   c.dataset.data_dir = data_dir
-  c.dataset.eval_clips = 2
-  c.image_size = 32
-  c.model.update(num_frames=4, embed_dim=32, depth=2, num_heads=2, joint_strides=(1, 2),
-                 temporal_strides=(1, 2), temporal_window=2)
-  c.batch_size = 8
-  c.total_steps = 12
-  c.warmup_steps = 2
-  c.log_every = 2
-  c.eval_every = 12
-  c.checkpoint_every = 4
-  c.tensorboard = False
   return c
 
 
@@ -64,7 +54,10 @@ def test_short_training_run_checkpoints_and_evaluates(data_dir, tmp_path):
   assert ev["confusion_matrix"].sum() == 20
   assert 0.0 <= ev["top1"] <= ev["top5"] <= 1.0
   with open(tmp_path / "config.json") as fh:
-    assert json.load(fh)["model"]["embed_dim"] == 32
+    assert json.load(fh)["model"]["variant"] == "tiny"
+  with open(tmp_path / "model.json") as fh:  # the variant's sizes, resolved
+    model = json.load(fh)
+  assert (model["embed_dim"], model["depth"], model["joint_strides"]) == (32, 2, [1, 2])
   # The run's progress lines are kept in log.txt and plot into a PNG.
   png = tmp_path / "curves.png"
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "plot_curves.py"),
@@ -147,25 +140,37 @@ def test_unknown_config_key_is_an_error(tmp_path):
 
 
 def test_all_configs_load_and_build():
-  import importlib
-  from deform3d.models import build_model
+  from configs.common import load
   from data_pipelines.skeletons import LAYOUTS
-  names = [f[:-3] for f in os.listdir(os.path.join(ROOT, "configs"))
-           if f.endswith(".py") and f not in ("__init__.py", "common.py")]
-  assert len(names) >= 9
-  for name in names:
-    c = importlib.import_module(f"configs.{name}").get_config()
-    build_model(c.model)  # validates keys
-    assert len(LAYOUTS[c.dataset.joint_layout]) == c.model.num_joints, name
-    assert len(c.model.temporal_strides) == c.model.depth, name
-    assert c.warmup_steps < c.total_steps, name
+  from deform3d.models import build_model
+  from tests.test_fast_paths import ALL_CONFIGS
+  files = {f[:-3] for f in os.listdir(os.path.join(ROOT, "configs"))
+           if f.endswith(".py") and f not in ("__init__.py", "common.py")}
+  assert files == {s.split(":")[0] for s in ALL_CONFIGS}
+  for spec in ALL_CONFIGS:
+    c = load(spec)
+    model = build_model(c.model)  # validates keys and the variant
+    assert c.dataset.joint_layout in LAYOUTS, spec
+    assert len(model.temporal_strides) == model.depth, spec
+    assert c.warmup_steps < c.total_steps, spec
+    assert set(c) >= {"num_frames", "image_size", "dataset", "model"}, spec
+  assert load("ntu:split=xset120,pose=kinect").dataset.data_dir.endswith(
+      "ntu_rgbd/ntu120_xset/1.0.0")
+  assert load("ntu:split=xset120,pose=kinect").dataset.joint_layout == "ntu25"
+  assert load("embedded:pose_only").model.use_rgb is False  # a bare value sets the first key
+  for bad, match in (("ntu:split=xsub", "split='xsub' is not one of"),
+                     ("ntu:foo=1", "unknown config argument 'foo'"),
+                     ("embedded:variant=huge", "variant='huge' is not one of"),
+                     ("finegym:runlocal=maybe", "expected true or false")):
+    with pytest.raises(ValueError, match=match):
+      load(bad)
 
 
 def test_restore_checkpoint_for_evaluation_names_missing_steps(data_dir, tmp_path):
   from deform3d.train.sharding import make_mesh
   config = tiny_config(data_dir)
   config.total_steps = config.checkpoint_every = 4
-  tr = trainer.Trainer(config, make_mesh())
+  tr = trainer.Trainer(config, make_mesh(), loaders.input_shapes(config))
   with pytest.raises(FileNotFoundError, match="no checkpoint found under checkpoints/"):
     trainer.restore_checkpoint(tr, str(tmp_path), config)
   out, _ = run(config, str(tmp_path))

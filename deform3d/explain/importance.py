@@ -53,6 +53,16 @@ def token_frames(model) -> list:
   return out
 
 
+def _num_frames(maps, model, num_frames: Optional[int]) -> int:
+  """The clip's input frame count: ``num_frames`` when given, else the first block's token
+  count times the stem's temporal stride (exact unless the stem padded the clip)."""
+  if num_frames is not None:
+    return int(num_frames)
+  first = _block_ids(maps)[0]
+  return np.shape(maps[f"block{first}/joint_attn/joint_importance"])[1] * \
+      model.stem_temporal_stride
+
+
 def _expand(values: np.ndarray, span: int, num_frames: int) -> np.ndarray:
   """Token axis 0 -> input frames: each token's value over the ``span`` frames it covers."""
   return np.repeat(values, span, axis=0)[:num_frames]
@@ -76,16 +86,19 @@ def _select(blocks, available):
   return [available.index(b) for b in chosen]
 
 
-def joint_importance(maps, model, index: int = 0, blocks: Optional[Sequence[int]] = None) -> dict:
+def joint_importance(maps, model, index: int = 0, blocks: Optional[Sequence[int]] = None, *,
+                     num_frames: Optional[int] = None) -> dict:
   """Joint importance ``(T, J)`` of clip ``index``: every block's (``per_block``), the mean over
-  ``blocks`` (default: the first block), its uniform share and the lift of each joint."""
+  ``blocks`` (default: the first block), its uniform share and the lift of each joint.
+  ``num_frames``: the clip's frame count (see ``_num_frames``)."""
   per_block, uniform = [], []
+  t = _num_frames(maps, model, num_frames)
   for i in _block_ids(maps):
     key = f"block{i}/joint_attn/joint_importance"
     imp = np.asarray(maps[key][index], np.float64).mean(axis=1)   # (T_i, J)
     imp = imp / np.maximum(imp.sum(axis=1, keepdims=True), 1e-12)
-    per_block.append(_expand(imp, token_frames(model)[i], model.num_frames))
-    uniform.append(uniform_joint_share(model.num_joints, model.joint_window,
+    per_block.append(_expand(imp, token_frames(model)[i], t))
+    uniform.append(uniform_joint_share(imp.shape[1], model.joint_window,
                                        model.joint_strides[i]))
   rows = _select(blocks, _block_ids(maps))
   mean = np.mean([per_block[r] for r in rows], axis=0)
@@ -96,19 +109,21 @@ def joint_importance(maps, model, index: int = 0, blocks: Optional[Sequence[int]
           "lift_per_block": np.stack(per_block).mean(axis=1) / uniform}
 
 
-def frame_importance(maps, model, index: int = 0, blocks: Optional[Sequence[int]] = None) -> dict:
+def frame_importance(maps, model, index: int = 0, blocks: Optional[Sequence[int]] = None, *,
+                     num_frames: Optional[int] = None) -> dict:
   """Frame importance ``(T,)`` of clip ``index`` per block and averaged over ``blocks``
   (default: the first); each row sums to 1."""
   per_block = []
+  t = _num_frames(maps, model, num_frames)
   for i in _block_ids(maps):
     att = np.asarray(maps[f"block{i}/temporal_attn/attn/attention"][index], np.float64)
     att = att[0]                       # the cross token: (windows, heads, q, k)
     windows, _, _, w = att.shape
     received = att.mean(axis=(1, 2)).reshape(windows * w) / windows
-    t_tokens = -(-model.num_frames // token_frames(model)[i])
+    t_tokens = -(-t // token_frames(model)[i])
     received = received[:t_tokens]     # drop the padding of a last partial window
     span = token_frames(model)[i]
-    per_block.append(_expand(received, span, model.num_frames) / span)
+    per_block.append(_expand(received, span, t) / span)
   per_block = np.stack(per_block)
   per_block = per_block / per_block.sum(axis=1, keepdims=True)
   rows = _select(blocks, _block_ids(maps))
@@ -138,16 +153,16 @@ def point_frame(z: np.ndarray, num_frames: int) -> np.ndarray:
 
 
 def explain_clip(maps, model, index: int = 0, *, blocks: Optional[Sequence[int]] = None,
-                 joint_names: Optional[Sequence[str]] = None,
+                 num_frames: Optional[int] = None, joint_names: Optional[Sequence[str]] = None,
                  logits: Optional[np.ndarray] = None, class_names: Optional[Sequence[str]] = None
                  ) -> dict:
   """Everything of one clip in plain Python types (the JSON written by ``launch/explain.py``);
   the summary fields average ``blocks`` (default: the first block)."""
-  joints = joint_importance(maps, model, index, blocks)
-  frames = frame_importance(maps, model, index, blocks)
+  joints = joint_importance(maps, model, index, blocks, num_frames=num_frames)
+  frames = frame_importance(maps, model, index, blocks, num_frames=num_frames)
   points = sampling_points(maps, model, index)
   names = list(joint_names) if joint_names is not None else [
-      f"joint{j}" for j in range(model.num_joints)]
+      f"joint{j}" for j in range(joints["mean"].shape[1])]
   out = {
       "blocks": list(blocks) if blocks is not None else _block_ids(maps)[:1],
       "joint_names": names,

@@ -10,10 +10,10 @@ from deform3d.models.layers import DropPath, Mlp, MultiHeadAttention
 from deform3d.models.model import Block, Deform3DTransformer, PooledBlock
 from deform3d.models.stride_attention import (JointStrideAttention, TemporalMerge,
                                               TemporalStrideAttention, joint_groups)
-from deform3d.models.factory import attention_maps, build_model
+from deform3d.models.factory import attention_maps, build_model, resolved_config
 
 __all__ = [
     "DeformableAttention3D", "PoseEmbed", "RGBStem", "DropPath", "Mlp", "MultiHeadAttention",
     "Block", "PooledBlock", "Deform3DTransformer", "JointStrideAttention", "TemporalMerge",
-    "TemporalStrideAttention", "joint_groups", "attention_maps", "build_model",
+    "TemporalStrideAttention", "joint_groups", "attention_maps", "build_model", "resolved_config",
 ]

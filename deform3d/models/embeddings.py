@@ -44,6 +44,19 @@ def patchify(x, pt: int, ph: int, pw: int):
   return x.reshape(b, t // pt, h // ph, w // pw, pt * ph * pw * c)
 
 
+def input_sized_param(module: nn.Module, name: str, shape, what: str, got):
+  """``module.param(name)`` (normal(0.02) init) whose ``shape`` follows from the input; a later
+  input of another size gets a ``ValueError`` saying what differs instead of flax's shape
+  error. ``what`` names axis 0's unit, ``got`` the input's shape for the message."""
+  if module.has_variable("params", name):
+    have = tuple(module.get_variable("params", name).shape)
+    if have != tuple(shape):
+      raise ValueError(f"{type(module).__name__}: the parameters were made for {have} "
+                       f"{what}, this input {got} gives {tuple(shape)} (parameter {name!r}); "
+                       "the model takes its sizes from the data it was initialised with")
+  return module.param(name, nn.initializers.normal(0.02), shape)
+
+
 class RGBStem(nn.Module):
   """Frames ``(B, T, H, W, 3)`` -> RGB token volume ``(B, T', H', W', C)``.
 
@@ -69,10 +82,10 @@ class RGBStem(nn.Module):
     x = nn.Dense(self.embed_dim, dtype=self.dtype, name="conv2")(x)
     x = layer_norm("norm2", self.dtype)(x)
     _, t, h, w, c = x.shape
-    init = nn.initializers.normal(0.02)
-    pos_t = self.param("pos_t", init, (t, 1, 1, c))
-    pos_h = self.param("pos_h", init, (1, h, 1, c))
-    pos_w = self.param("pos_w", init, (1, 1, w, c))
+    what = "(time, height, width) token positions"
+    pos_t = input_sized_param(self, "pos_t", (t, 1, 1, c), what, frames.shape)
+    pos_h = input_sized_param(self, "pos_h", (1, h, 1, c), what, frames.shape)
+    pos_w = input_sized_param(self, "pos_w", (1, 1, w, c), what, frames.shape)
     return x + (pos_t + pos_h + pos_w).astype(self.dtype)
 
 
@@ -99,29 +112,26 @@ class PoseEmbed(nn.Module):
   """Keypoints ``(B, T, J, D)`` -> pose tokens ``(B, T', J, C)``.
 
   A two-layer MLP on each joint's features (``pose_features``: coordinates, score, body-centred
-  offset and its motion) plus learned joint-identity and time embeddings. With ``use_coords=False`` (RGB-only ablation) the tokens are the learned
-  embeddings alone, so no pose information enters the model.
+  offset and its motion) plus learned joint-identity and time embeddings, whose sizes ``J`` and
+  ``T'`` are taken from the keypoints at initialisation. With ``use_coords=False`` (RGB-only
+  ablation) the tokens are the learned embeddings alone, so no pose information enters the model.
   """
   embed_dim: int
-  num_joints: int
-  num_frames: int
   temporal_stride: int = 1
   use_coords: bool = True
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, keypoints, batch_size: int):
-    init = nn.initializers.normal(0.02)
-    t_out = -(-self.num_frames // self.temporal_stride)
-    joint_embed = self.param("joint_embed", init, (self.num_joints, self.embed_dim))
-    time_embed = self.param("time_embed", init, (t_out, 1, self.embed_dim))
+  def __call__(self, keypoints):
+    b, t, j = keypoints.shape[:3]
+    t_out = -(-t // self.temporal_stride)
+    joint_embed = input_sized_param(self, "joint_embed", (j, self.embed_dim), "(joints, C)",
+                                    keypoints.shape)
+    time_embed = input_sized_param(self, "time_embed", (t_out, 1, self.embed_dim),
+                                   "(frames after the stem stride, 1, C)", keypoints.shape)
     tokens = (joint_embed[None] + time_embed).astype(self.dtype)
-    tokens = jnp.broadcast_to(tokens, (batch_size,) + tokens.shape)
+    tokens = jnp.broadcast_to(tokens, (b,) + tokens.shape)
     if self.use_coords:
-      expected = (batch_size, self.num_frames, self.num_joints)
-      if keypoints.ndim != 4 or keypoints.shape[:3] != expected:
-        raise ValueError(f"PoseEmbed: keypoints must be (B, T, J, D) = {expected + ('D',)}, "
-                         f"got {keypoints.shape}")
       x = temporal_pool(pose_features(keypoints.astype(jnp.float32)), self.temporal_stride)
       x = nn.Dense(self.embed_dim, dtype=self.dtype, name="coord_fc1")(x.astype(self.dtype))
       x = nn.Dense(self.embed_dim, dtype=self.dtype, name="coord_fc2")(nn.gelu(x))

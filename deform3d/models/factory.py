@@ -3,24 +3,39 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import dataclasses
 import functools
 
 import flax
 import jax
 import jax.numpy as jnp
 
-from deform3d.models.model import Deform3DTransformer
+from deform3d.models.model import VARIANTS, Deform3DTransformer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-def build_model(model_config: Mapping[str, Any]) -> Deform3DTransformer:
-  """``Deform3DTransformer`` from a mapping (e.g. ``config.model``); ``dtype`` may be a string.
-
-  Unknown keys raise a ``TypeError`` naming them; lists become tuples (module fields must be
-  hashable).
-  """
+def resolved_config(model_config: Mapping[str, Any]) -> dict:
+  """The model's full settings, the variant's sizes laid under ``model_config``: what a
+  checkpoint records, so a later change of ``VARIANTS`` cannot pass for the same model."""
   kwargs = dict(model_config)
+  variant = kwargs.pop("variant", None)
+  if variant is not None:
+    if variant not in VARIANTS:
+      raise ValueError(f"model.variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+    kwargs = {**VARIANTS[variant], **kwargs}
+  return {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(kwargs.items())}
+
+
+def build_model(model_config: Mapping[str, Any]) -> Deform3DTransformer:
+  """``Deform3DTransformer`` from a mapping (e.g. ``config.model``).
+
+  ``variant`` names a size of ``VARIANTS`` (deform3d/models/model.py); the mapping's other keys
+  override single values. ``dtype`` may be a string. Unknown keys and a missing size raise an
+  error naming them; lists become tuples (module fields must be hashable). The frame and joint
+  counts are not set here: the model takes them from its inputs.
+  """
+  kwargs = resolved_config(model_config)
   dtype = kwargs.pop("dtype", "float32")
   if isinstance(dtype, str):
     if dtype not in DTYPES:
@@ -29,7 +44,15 @@ def build_model(model_config: Mapping[str, Any]) -> Deform3DTransformer:
   fields = set(Deform3DTransformer.__dataclass_fields__) - {"parent", "name"}
   unknown = sorted(set(kwargs) - fields)
   if unknown:
-    raise TypeError(f"unknown model config keys {unknown}; valid keys: {sorted(fields)}")
+    raise TypeError(f"unknown model config keys {unknown}; valid keys: {sorted(fields)} and "
+                    "variant")
+  required = {k for k, f in Deform3DTransformer.__dataclass_fields__.items()
+              if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+              and k not in ("parent", "name")}
+  missing = sorted(required - set(kwargs))
+  if missing:
+    raise TypeError(f"model config lacks {missing}: set model.variant (one of "
+                    f"{sorted(VARIANTS)}) or give them")
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
   return Deform3DTransformer(dtype=dtype, **kwargs)
 

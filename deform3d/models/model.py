@@ -23,6 +23,27 @@ from deform3d.models.stride_attention import (JointStrideAttention, TemporalMerg
 Dtype = Any
 DESIGNS = ("paper", "pooled")
 
+# Model sizes: the only place these numbers live. A config names one (``model.variant``) and may
+# override single values; ``deform3d.models.build_model`` merges them. "paper" is our GPU-scale
+# size for 224 px, 32-frame clips, not a size verified against the paper (docs/model.md).
+_EMBEDDED = dict(embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, stem_strides=(4, 2),
+                 stem_temporal_stride=1, num_groups=2, offset_strides=(2, 2, 2), joint_window=4,
+                 joint_strides=(1, 2, 1, 2), temporal_window=4, temporal_strides=(1, 2, 1, 2))
+VARIANTS = {
+    # Tests and quick checks: two blocks, one temporal merge.
+    "tiny": dict(_EMBEDDED, embed_dim=32, depth=2, num_heads=2, joint_strides=(1, 2),
+                 temporal_window=2, temporal_strides=(1, 2)),
+    # The embedded dataset's default (48 px, 8 frames, CPU-sized).
+    "embedded": _EMBEDDED,
+    # Between the two, for benchmarks at 96 px, 16 frames.
+    "medium": dict(_EMBEDDED, embed_dim=128),
+    # The paper's datasets (224 px, 32 frames): stride-8 stem, frames paired, 8 blocks.
+    "paper": dict(embed_dim=256, depth=8, num_heads=8, mlp_ratio=2.0, stem_strides=(8, 2),
+                  stem_temporal_stride=2, num_groups=2, offset_strides=(2, 2, 2), joint_window=5,
+                  joint_strides=(1, 2, 1, 2, 1, 2, 1, 2), temporal_window=4,
+                  temporal_strides=(1, 1, 2, 1, 1, 2, 1, 1)),
+}
+
 
 def cross_positions(batch: int, t: int, k: int):
   """Positions ``(B, T * K, 3)`` of the cross-modal tokens: image centre, frame time (ours)."""
@@ -48,6 +69,7 @@ class _BlockBase(nn.Module):
   layer_scale: float
   rgb_merge: bool
   dtype: Dtype
+  rgb_query_pos: str = "cell"
   # Sub-layer classes; fast.py's blocks replace them with their rewritten subclasses.
   Deformable = DeformableAttention3D
   JointAttention = JointStrideAttention
@@ -112,8 +134,10 @@ class Block(_BlockBase):
       _, tr, h, w, _ = rgb.shape
       x = layer_norm("norm_rgb", self.dtype)(rgb)
       m = layer_norm("norm_cross", self.dtype)(cross).reshape(b, t * k, c)
-      rgb_pos = jnp.broadcast_to(reference_grid((tr, h, w)).reshape(1, tr * h * w, 3),
-                                 (b, tr * h * w, 3))
+      grid = reference_grid((tr, h, w))                                # (x, y, t) cell centres
+      if self.rgb_query_pos == "frame":  # ablation: no spatial position, like the cross tokens
+        grid = grid * jnp.asarray([0.0, 0.0, 1.0])
+      rgb_pos = jnp.broadcast_to(grid.reshape(1, tr * h * w, 3), (b, tr * h * w, 3))
       m_pos = cross_positions(b, t, k)
       y = self.deformable()(jnp.concatenate([x.reshape(b, tr * h * w, c), m], axis=1),
                             jnp.concatenate([rgb_pos, m_pos], axis=1), x, m, m_pos,
@@ -179,21 +203,21 @@ class Deform3DTransformer(nn.Module):
   Every attention sows its weights into ``intermediates`` (see ``deform3d.models.attention_maps``).
   """
   num_classes: int
-  num_frames: int
-  num_joints: int
-  embed_dim: int = 64
-  depth: int = 4
-  num_heads: int = 4
-  mlp_ratio: float = 2.0
-  stem_strides: Sequence[int] = (4, 2)
-  stem_temporal_stride: int = 1
-  num_groups: int = 2
-  offset_strides: Sequence[int] = (2, 2, 2)
+  # Size (``VARIANTS``):
+  embed_dim: int
+  depth: int
+  num_heads: int
+  mlp_ratio: float
+  stem_strides: Sequence[int]
+  stem_temporal_stride: int
+  num_groups: int
+  offset_strides: Sequence[int]
+  joint_window: int
+  joint_strides: Sequence[int]
+  temporal_window: int
+  temporal_strides: Sequence[int]
+  # Options:
   offset_range_factor: float = 2.0
-  joint_window: int = 4
-  joint_strides: Sequence[int] = (1, 2, 1, 2)
-  temporal_window: int = 4
-  temporal_strides: Sequence[int] = (1, 2, 1, 2)
   dropout: float = 0.0
   attn_dropout: float = 0.0
   drop_path: float = 0.1
@@ -203,6 +227,7 @@ class Deform3DTransformer(nn.Module):
   design: str = "paper"
   num_cross_tokens: int = 1
   rgb_merge: bool = True
+  rgb_query_pos: str = "cell"
   fast: bool = True
   remat: bool = False
   dtype: Dtype = jnp.float32
@@ -213,6 +238,9 @@ class Deform3DTransformer(nn.Module):
     if self.design not in DESIGNS:
       raise ValueError(f"Deform3DTransformer: design must be one of {DESIGNS}, got "
                        f"{self.design!r}")
+    if self.rgb_query_pos not in ("cell", "frame"):
+      raise ValueError("Deform3DTransformer: rgb_query_pos must be 'cell' or 'frame', got "
+                       f"{self.rgb_query_pos!r}")
     if self.num_cross_tokens not in (1, 2):
       raise ValueError("Deform3DTransformer: num_cross_tokens must be 1 or 2, got "
                        f"{self.num_cross_tokens}")
@@ -221,14 +249,17 @@ class Deform3DTransformer(nn.Module):
       if len(seq) != self.depth:
         raise ValueError(f"Deform3DTransformer: {name} has {len(seq)} entries, depth is "
                          f"{self.depth}")
-    ref = frames if self.use_rgb else keypoints
-    if ref is None:
-      raise ValueError("Deform3DTransformer: frames are required with use_rgb=True and "
-                       "keypoints with use_rgb=False")
-    if self.use_rgb and frames.shape[1] != self.num_frames:
-      raise ValueError(f"Deform3DTransformer: frames must have T={self.num_frames} frames, got "
-                       f"shape {frames.shape}")
-    return ref.shape[0]
+    # The clip's frame and joint counts come from the inputs (the model is initialised from the
+    # data's shapes); keypoints are needed even with use_pose=False, for those counts.
+    if keypoints is None or keypoints.ndim != 4:
+      raise ValueError("Deform3DTransformer: keypoints (B, T, J, D) are required, got "
+                       f"{None if keypoints is None else keypoints.shape}")
+    if self.use_rgb and (frames is None or frames.ndim != 5
+                         or frames.shape[:2] != keypoints.shape[:2]):
+      raise ValueError(f"Deform3DTransformer: frames must be (B, T, H, W, 3) with (B, T) = "
+                       f"{keypoints.shape[:2]} of the keypoints, got "
+                       f"{None if frames is None else frames.shape}")
+    return keypoints.shape[0]
 
   def block_class(self):
     if self.fast:
@@ -249,8 +280,8 @@ class Deform3DTransformer(nn.Module):
       rgb = RGBStem(c, spatial_strides=self.stem_strides,
                     temporal_stride=self.stem_temporal_stride, dtype=self.dtype,
                     name="rgb_stem")(frames)
-    pose = PoseEmbed(c, self.num_joints, self.num_frames, temporal_stride=self.stem_temporal_stride,
-                     use_coords=self.use_pose, dtype=self.dtype, name="pose_embed")(keypoints, b)
+    pose = PoseEmbed(c, temporal_stride=self.stem_temporal_stride, use_coords=self.use_pose,
+                     dtype=self.dtype, name="pose_embed")(keypoints)
     t = pose.shape[1]
 
     # Cross-modal tokens, K per frame: learned vectors; the first also gets a projection of the
@@ -267,11 +298,12 @@ class Deform3DTransformer(nn.Module):
     # Joint positions (x, y, time) for the pooled design's relative-position bias.
     pose_pos = None
     if self.design == "pooled":
-      xy = jnp.zeros((b, t, self.num_joints, 2), jnp.float32)
+      j = keypoints.shape[2]
+      xy = jnp.zeros((b, t, j, 2), jnp.float32)
       if self.use_pose:
         xy = jnp.clip(temporal_pool(keypoints[..., :2].astype(jnp.float32),
                                     self.stem_temporal_stride), -1.0, 1.0)
-      time = jnp.broadcast_to(cell_centres(t)[None, :, None, None], (b, t, self.num_joints, 1))
+      time = jnp.broadcast_to(cell_centres(t)[None, :, None, None], (b, t, j, 1))
       pose_pos = jnp.concatenate([xy, time], axis=-1)
 
     block_cls = self.block_class()
@@ -283,7 +315,8 @@ class Deform3DTransformer(nn.Module):
           temporal_window=self.temporal_window, temporal_stride=self.temporal_strides[i],
           mlp_ratio=self.mlp_ratio, dropout=self.dropout, attn_dropout=self.attn_dropout,
           drop_path=self.drop_path * i / max(self.depth - 1, 1), layer_scale=self.layer_scale,
-          rgb_merge=self.rgb_merge, dtype=self.dtype, name=f"block{i}")(
+          rgb_merge=self.rgb_merge, rgb_query_pos=self.rgb_query_pos, dtype=self.dtype,
+          name=f"block{i}")(
               rgb, cross, pose, pose_pos, not train)
 
     cls = layer_norm("norm_out", self.dtype)(cross.mean(axis=(1, 2)))

@@ -5,6 +5,7 @@ Data arrives as iterators of process-local NumPy batches (built by ``data_pipeli
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -19,7 +20,7 @@ import optax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from deform3d.models import build_model
+from deform3d.models import build_model, resolved_config
 from deform3d.train import sharding as shd
 from deform3d.train.metrics import classification_metrics
 
@@ -55,25 +56,35 @@ def make_optimizer(config: ml_collections.ConfigDict):
 
 
 def fingerprint(config: ml_collections.ConfigDict) -> dict:
-  """What a checkpoint must agree on to be resumed: model architecture and label space."""
-  return {"model": json.loads(config.model.to_json()), "num_classes": config.model.num_classes}
+  """What a checkpoint must agree on to be resumed: the model's full settings (its variant's
+  sizes included) and the label space."""
+  return {"model": json.loads(json.dumps(resolved_config(config.model))),
+          "num_classes": config.model.num_classes}
+
+
+def input_shapes(batch: dict) -> dict:
+  """Per-clip shapes ``{"frames": (T, H, W, 3), "keypoints": (T, J, D)}`` of a training batch
+  (``(B, ...)``) or an evaluation batch (``(B, K, ...)``: ``K`` clips per video)."""
+  kp = np.shape(batch["keypoints"])
+  lead = len(kp) - 3
+  return {"frames": tuple(np.shape(batch["frames"])[lead:]), "keypoints": tuple(kp[lead:])}
 
 
 class Trainer:
-  """Builds the model, optimizer, shardings and the jitted steps for ``config`` on ``mesh``."""
+  """Builds the model, optimizer, shardings and the jitted steps for ``config`` on ``mesh``.
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  The model is initialised from the data's shapes: ``shapes`` as given by ``input_shapes`` (of
+  the first batch, or of the dataset's element spec: ``data_pipelines.loaders.input_shapes``).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, shapes: dict):
     self.config = config
     self.mesh = mesh
     self.model = build_model(config.model)
     self.tx, self.schedule = make_optimizer(config)
     self.batch_sharding = shd.batch_sharding(mesh)
     self.replicated = shd.replicated(mesh)
-    m = config.model
-    self.example_shapes = {
-        "frames": (1, m.num_frames, config.image_size, config.image_size, 3),
-        "keypoints": (1, m.num_frames, m.num_joints, config.keypoint_dim),
-    }
+    self.example_shapes = {k: (1,) + tuple(shapes[k]) for k in ("frames", "keypoints")}
     abstract = jax.eval_shape(self._init, jax.random.key(0))
     self.state_sharding = TrainState(
         step=self.replicated,
@@ -243,13 +254,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = mesh or shd.make_mesh()
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  trainer = Trainer(config, mesh)
   mngr = checkpoint_manager(workdir, config)
+  it = make_train_iter(mngr.latest_step() or 0)
+  first = next(it)  # the model is initialised from the data's shapes
+  it = itertools.chain([first], it)
+  trainer = Trainer(config, mesh, input_shapes(first))
   state = restore_or_init(trainer, mngr, config)
   start = int(jax.device_get(state.step))
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as fh:
       fh.write(config.to_json_best_effort(indent=1))
+    with open(os.path.join(workdir, "model.json"), "w") as fh:  # the variant resolved
+      json.dump(resolved_config(config.model), fh, indent=1)
     log = _tee(log, os.path.join(workdir, "log.txt"))
     if start:
       log(f"resumed from checkpoint at step {start} in {workdir}")
@@ -259,7 +275,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     writer = SummaryWriter(os.path.join(workdir, "tb"))
 
   losses, metrics, eval_metrics = [], {}, None
-  it = make_train_iter(start)
   t0, s0 = time.time(), start
   end = config.total_steps if stop_after is None else min(config.total_steps, start + stop_after)
   for step in range(start + 1, end + 1):

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Train on a Cloud TPU pod slice: the same command on every worker (one JAX process each).
-#   launch/cluster/tpu_pod.sh TPU_NAME ZONE configs/ntu60_xsub.py gs://bucket/workdirs/ntu60_xsub
+#   launch/cluster/tpu_pod.sh TPU_NAME ZONE configs/ntu.py:split=xsub60 gs://bucket/workdirs/ntu60_xsub
 # JAX detects the slice's workers itself (deform3d/train/distributed.py); the workdir must be
 # reachable by all workers (a GCS bucket), as must config.dataset.data_dir.
 set -euo pipefail

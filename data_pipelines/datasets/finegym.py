@@ -8,10 +8,14 @@ the exact times: ``ann[youtube_id]["E_..."]["timestamps"] = [[event_start, event
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Dict, List, Optional, Tuple
 
-from data_pipelines.raw.common import RawFormatError
+from data_pipelines import records
+from data_pipelines.datasets import common, pyskl
+from data_pipelines.datasets.common import Config, RawFormatError
+from data_pipelines.skeletons import COCO17
 
 NUM_CLASSES = 99
 LABEL_MAP_VERSION = "gym99-v1.1"
@@ -76,3 +80,49 @@ def read_info(path: str) -> dict:
       return json.load(fh)
   except Exception as e:
     raise RawFormatError(f"{path}: unreadable annotation json ({e})") from e
+
+
+# -- TFDS builder (poses and clips through datasets/pyskl.py's loader) ------------------------
+class Finegym(common.Builder):
+  """FineGYM Gym99 elements: clips cut from the event videos by the annotation timestamps, poses
+  from pyskl's ``gym_hrnet.pkl`` (FineGYM has no official poses)."""
+  BUILDER_CONFIGS = [Config(name="gym99", description="Gym99 v1.1 element split")]
+  NUM_JOINTS = len(COCO17)
+  LOAD = staticmethod(pyskl.load_video)
+  LABEL_MAP_VERSION = LABEL_MAP_VERSION
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "Put gym99_train_element_v1.1.txt, gym99_val_element.txt, gym99_categories.txt, "
+      "finegym_annotation_info_v1.1.json (optional), gym_hrnet.pkl and videos/{youtube_id}.mp4 "
+      "under --manual_dir.")
+
+  def _classes(self):
+    # Gym99 labels are the dataset's Clabel indices; their names come from the manual dir's
+    # gym99_categories.txt and are written to classes.txt by _items.
+    return NUM_CLASSES
+
+  def _items(self, manual_dir):
+    names = read_categories(os.path.join(manual_dir, "gym99_categories.txt"))
+    records.write_classes(os.fspath(self.data_dir), names)
+    info_path = os.path.join(manual_dir, "finegym_annotation_info_v1.1.json")
+    info = read_info(info_path) if os.path.exists(info_path) else None
+    pkl = os.path.join(manual_dir, "gym_hrnet.pkl")
+    _, anns = pyskl.load(pkl)
+    videos = {os.path.splitext(os.path.basename(p))[0]: p
+              for p in common.rglob(os.path.join(manual_dir, "videos"), "*.*")}
+    out = {}
+    for subset, fname in (("train", "gym99_train_element_v1.1.txt"),
+                          ("test", "gym99_val_element.txt")):
+      out[subset] = []
+      for eid, label in read_element_list(os.path.join(manual_dir, fname)):
+        try:
+          vid, start, end = element_window(eid, info)
+        except RawFormatError as e:
+          out[subset].append({"key": eid, "error": str(e)})
+          continue
+        item = pyskl.item(pkl, anns, eid, videos.get(vid), self.NUM_JOINTS, start=start,
+                           end=end)
+        if "ann" in item and int(item["ann"]["label"]) != label:
+          item = {"key": eid, "error": f"{pkl}: {eid}: label {item['ann']['label']} differs "
+                                       f"from {fname}'s {label}"}
+        out[subset].append(item)
+    return out

@@ -13,7 +13,10 @@ from typing import Dict
 import numpy as np
 from PIL import Image
 
-from data_pipelines.raw.common import RawFormatError
+from data_pipelines import records
+from data_pipelines.datasets import common
+from data_pipelines.datasets.common import Config, FrameOptions, RawFormatError
+from data_pipelines.skeletons import PENN13
 
 NUM_JOINTS = 13
 FPS = 30.0  # Penn Action frames carry no rate; its videos are ~30 fps
@@ -63,3 +66,36 @@ def read_frames(frame_dir: str, nframes: int) -> np.ndarray:
   if len({a.shape for a in out}) != 1:
     raise RawFormatError(f"{frame_dir}: frames differ in size")
   return np.stack(out)
+
+
+# -- Loader and TFDS builder ---------------------------------------------------------------
+def load_penn(item: dict, options: FrameOptions) -> records.Sample:
+  lab = read_label(item["mat"])
+  frames = read_frames(item["frames"], lab["nframes"])
+  f, kp, sc = common.finish(frames, lab["keypoints"], lab["scores"], FPS, options)
+  return records.Sample(f, kp, sc, lab["label"], item["key"])
+
+
+class PennAction(common.Builder):
+  """Penn Action: 2326 clips, 15 classes, 13 annotated joints with visibility."""
+  BUILDER_CONFIGS = [Config(name="default", description="Penn Action, official split")]
+  NUM_JOINTS = len(PENN13)
+  LOAD = staticmethod(load_penn)
+  LABEL_MAP_VERSION = LABEL_MAP_VERSION
+  MANUAL_DOWNLOAD_INSTRUCTIONS = "Unpack Penn_Action (labels/ and frames/) under --manual_dir."
+
+  def _classes(self):
+    return list(ACTIONS)
+
+  def _items(self, manual_dir):
+    out = {"train": [], "test": []}
+    for mat in common.rglob(manual_dir, "labels/*.mat"):
+      stem = os.path.splitext(os.path.basename(mat))[0]
+      item = {"key": stem, "mat": mat,
+              "frames": os.path.join(os.path.dirname(os.path.dirname(mat)), "frames", stem)}
+      try:
+        train = read_label(mat)["train"]
+      except RawFormatError as e:  # listed as skipped by the conversion step
+        item["error"], train = str(e), True
+      out["train" if train else "test"].append(item)
+    return out

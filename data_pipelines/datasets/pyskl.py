@@ -7,11 +7,13 @@ Format: ``{"split": {name: [frame_dir, ...]}, "annotations": [{"frame_dir": str,
 from __future__ import annotations
 
 import pickle
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from data_pipelines.raw.common import RawFormatError, select_person
+from data_pipelines import records
+from data_pipelines.datasets import common
+from data_pipelines.datasets.common import FrameOptions, RawFormatError, select_person
 
 REQUIRED = ("frame_dir", "label", "img_shape", "total_frames", "keypoint", "keypoint_score")
 
@@ -51,3 +53,26 @@ def main_person(ann: dict, num_joints: int, source: str = "pyskl"):
     raise RawFormatError(f"{source}: {fd}: field 'keypoint' or 'keypoint_score' has NaN/inf")
   m = select_person(kp, sc)
   return kp[m], sc[m]
+
+
+# -- Loader shared by the builders that read pyskl poses (NTU HRNet, FineGYM) ---------------
+def load_video(item: dict, options: FrameOptions) -> records.Sample:
+  """Pose from a pyskl annotation (coordinates in its ``img_shape``), frames from the video."""
+  ann = item["ann"]
+  kp, sc = main_person(ann, item["num_joints"], source=item["pickle"])
+  frames, fps = common.read_video(item["video"], item.get("start"), item.get("end"))
+  kp = common.scale_keypoints(kp, tuple(ann["img_shape"]), frames.shape[1:3])
+  f, kp, sc = common.finish(frames, kp, sc, fps, options)
+  return records.Sample(f, kp, sc, item["label"], item["key"])
+
+
+def item(pkl: str, anns: dict, frame_dir: str, video: Optional[str], num_joints: int,
+                **extra) -> dict:
+  if frame_dir not in anns:
+    return {"key": frame_dir, "error": f"{pkl}: split lists {frame_dir} but no annotation has "
+                                       f"that frame_dir"}
+  if video is None:
+    return {"key": frame_dir, "error": f"{pkl}: {frame_dir}: no video for it in the manual dir"}
+  ann = anns[frame_dir]
+  return {"key": frame_dir, "ann": ann, "pickle": pkl, "video": video,
+          "label": int(ann["label"]), "num_joints": num_joints, **extra}

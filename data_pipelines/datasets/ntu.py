@@ -21,7 +21,10 @@ from typing import Dict, List
 
 import numpy as np
 
-from data_pipelines.raw.common import RawFormatError
+from data_pipelines import records
+from data_pipelines.datasets import common, pyskl
+from data_pipelines.datasets.common import Config, FrameOptions, RawFormatError
+from data_pipelines.skeletons import COCO17, NTU25
 
 NUM_JOINTS = 25
 COLOR_HW = (1080, 1920)  # colour camera frame size; colorX/colorY are pixels of it
@@ -177,3 +180,95 @@ def read_skeleton(path: str) -> Dict[str, np.ndarray]:
 def tracking_scores(tracking: np.ndarray) -> np.ndarray:
   """Kinect tracking state -> score: tracked 1.0, inferred 0.5, not tracked / absent 0."""
   return np.where(tracking >= 2, 1.0, np.where(tracking >= 1, 0.5, 0.0)).astype(np.float32)
+
+
+# -- Loader and TFDS builders -------------------------------------------------------------
+def _ntu_videos(manual_dir: str) -> Dict[str, str]:
+  return {os.path.basename(p)[:20]: p for p in common.rglob(manual_dir, "*_rgb.avi")}
+
+
+NTU_BENCHMARKS = {"ntu60_xsub": "xsub60", "ntu60_xview": "xview60", "ntu120_xsub": "xsub120",
+                  "ntu120_xset": "xset120"}
+
+
+def _ntu_classes(benchmark: str) -> List[str]:
+  """NTU60 benchmarks use actions 1-60, NTU120 all 120 (label = action number - 1)."""
+  return list(ACTIONS[:60] if benchmark.endswith("60") else ACTIONS)
+
+
+def _ntu_configs(description: str) -> List[Config]:
+  return [Config(name=n, benchmark=b, description=description) for n, b in NTU_BENCHMARKS.items()]
+
+
+def load_ntu_kinect(item: dict, options: FrameOptions) -> records.Sample:
+  tracks = read_skeleton(item["skeleton"])
+  scores = tracking_scores(tracks["tracking"])
+  m = common.select_person(tracks["color"], scores)
+  if not item.get("video"):
+    raise RawFormatError(f"{item['skeleton']}: no RGB video {item['key']}_rgb.avi in the "
+                         f"manual dir")
+  frames, fps = common.read_video(item["video"])
+  kp = common.scale_keypoints(tracks["color"][m], COLOR_HW, frames.shape[1:3])
+  f, kp, sc = common.finish(frames, kp, scores[m], fps, options)
+  return records.Sample(f, kp, sc, item["label"], item["key"])
+
+
+class NtuRgbd(common.Builder):
+  """NTU RGB+D 60/120 from the Kinect ``.skeleton`` files (25 joints, colour-frame 2-D
+  coordinates) and the RGB ``*_rgb.avi`` videos."""
+  BUILDER_CONFIGS = _ntu_configs("Kinect v2 skeletons (25 joints) + RGB")
+  NUM_JOINTS = len(NTU25)
+  LOAD = staticmethod(load_ntu_kinect)
+  LABEL_MAP_VERSION = LABEL_MAP_VERSION
+  MANUAL_DOWNLOAD_INSTRUCTIONS = ("Put the NTU RGB+D *.skeleton files and *_rgb.avi videos "
+                                  "(any folder layout) under --manual_dir.")
+
+  def _classes(self):
+    return _ntu_classes(self.builder_config.benchmark)
+
+  def _items(self, manual_dir):
+    videos = _ntu_videos(manual_dir)
+    out = {"train": [], "test": []}
+    for path in common.rglob(manual_dir, "*.skeleton"):
+      try:
+        name = parse_name(path)
+      except RawFormatError as e:
+        out["train"].append({"key": os.path.basename(path), "error": str(e)})
+        continue
+      key = os.path.basename(path)[:20]
+      for subset in out:
+        if in_split(name, self.builder_config.benchmark, subset):
+          out[subset].append({"key": key, "skeleton": path, "video": videos.get(key),
+                              "label": name.label})
+    return out
+
+
+class NtuRgbdHrnet(common.Builder):
+  """NTU RGB+D 60/120 with the 2-D HRNet poses of pyskl (COCO-17) and the RGB videos."""
+  BUILDER_CONFIGS = _ntu_configs("pyskl HRNet 2-D poses (COCO-17) + RGB")
+  NUM_JOINTS = len(COCO17)
+  LOAD = staticmethod(pyskl.load_video)
+  LABEL_MAP_VERSION = LABEL_MAP_VERSION
+  MANUAL_DOWNLOAD_INSTRUCTIONS = ("Put ntu60_hrnet.pkl or ntu120_hrnet.pkl (pyskl) and the "
+                                  "*_rgb.avi videos under --manual_dir.")
+  PYSKL_SPLITS = {"xsub60": "xsub", "xview60": "xview", "xsub120": "xsub", "xset120": "xset"}
+
+  def _classes(self):
+    return _ntu_classes(self.builder_config.benchmark)
+
+  def _items(self, manual_dir):
+    b = self.builder_config.benchmark
+    name = "ntu60_hrnet.pkl" if b.endswith("60") else "ntu120_hrnet.pkl"
+    pkl = os.path.join(manual_dir, name)
+    if not os.path.exists(pkl):
+      raise FileNotFoundError(f"{pkl}: pyskl pose file not found in --manual_dir")
+    splits, anns = pyskl.load(pkl)
+    videos = _ntu_videos(manual_dir)
+    out = {}
+    for subset, pyskl_subset in (("train", "train"), ("test", "val")):
+      key = f"{self.PYSKL_SPLITS[b]}_{pyskl_subset}"
+      if key not in splits:
+        raise RawFormatError(f"{pkl}: field 'split' has no {key!r} (has {sorted(splits)})")
+      out[subset] = [pyskl.item(pkl, anns, fd, videos.get(fd[:20]), self.NUM_JOINTS)
+                     for fd in splits[key]]
+    return out
