@@ -25,10 +25,17 @@ def pytest_configure(config):
   subprocess starts; they inherit the variables. Set JAX_COMPILATION_CACHE_DIR yourself to keep
   a cache between runs."""
   global _CACHE_OWNER
+  config.addinivalue_line("markers", "heavy: a long test, scheduled first")
   if "JAX_COMPILATION_CACHE_DIR" not in os.environ and "PYTEST_XDIST_WORKER" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="deform3d-jax-cache-")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
     _CACHE_OWNER = True
+
+
+def pytest_collection_modifyitems(config, items):
+  """Tests marked ``heavy`` (a minute or more on the 2-core CI machine) run first, so that
+  ``-n 2`` does not end with one worker alone on a long test."""
+  items.sort(key=lambda item: item.get_closest_marker("heavy") is None)  # stable
 
 
 def pytest_unconfigure(config):

@@ -11,6 +11,7 @@ import pytest
 
 from deform3d import explain
 from deform3d.models import attention_maps, build_model
+from tests.test_fast_paths import random_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tiny size (deform3d/models/model.py VARIANTS) made three blocks deep for 8 frames of 7 joints.
@@ -22,9 +23,9 @@ def tiny_maps(rng, **overrides):
   model = build_model({**TINY, **overrides})
   frames = jnp.asarray(rng.standard_normal((2, 8, 32, 32, 3)), jnp.float32)
   keypoints = jnp.asarray(rng.uniform(-1, 1, (2, 8, 7, 3)), jnp.float32)
-  variables = model.init(jax.random.key(0), frames, keypoints)
-  variables = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(3), p.shape),
-                           variables)
+  # Random parameters of init's shapes, none at its initializer's value (no compilation of init).
+  abstract = jax.eval_shape(model.init, jax.random.key(0), frames, keypoints)
+  variables = {"params": random_params(abstract["params"], rng)}
   logits, maps = attention_maps(model, variables, frames, keypoints)
   return model, np.asarray(logits), jax.tree.map(np.asarray, maps), frames, keypoints
 
@@ -100,6 +101,7 @@ def test_pngs_are_written(rng, tmp_path):
     assert img[..., :3].std() > 0.05  # not blank
 
 
+@pytest.mark.heavy
 def test_explain_command_on_a_trained_model_finds_the_waving_forearm(tmp_path):
   """Trains the embedded config briefly (150 steps), then ``launch/explain.py``: in the wave
   clips the cross token's first-block attention on the waving forearm (right elbow and wrist)

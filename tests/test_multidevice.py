@@ -11,6 +11,7 @@ pytest.importorskip("tensorflow")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.heavy
 def test_eight_devices_match_one_device(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")

@@ -34,6 +34,7 @@ def losses(stdout):
   return np.array(json.loads(line[len("LOSSES "):]))
 
 
+@pytest.mark.heavy
 def test_two_processes_match_one_process_eight_devices(tmp_path):
   data = str(tmp_path / "data")
   embedded.build(data, sizes=TINY_SPLITS, num_frames=8, size=32, verbose=False)

@@ -19,9 +19,9 @@ from tests.test_data import static_sample  # noqa: E402
 from tests.test_train import TINY_SPLITS, tiny_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 10
+STEPS = 12  # the tiny variant's total_steps: the same compiled step as tests/test_train.py's
 # configs/embedded.py's small local variant, made to log and checkpoint every step.
-TINY = [f"--config.total_steps={STEPS}", "--config.log_every=1", "--config.eval_every=0",
+TINY = ["--config.log_every=1", "--config.eval_every=0",
         "--config.checkpoint_every=1", "--config.keep_checkpoints=2", "--eval_test=false"]
 
 
@@ -62,6 +62,7 @@ def final_params(workdir):
   return jax.tree.leaves(state["params"]), jax.tree.leaves(state["opt_state"])
 
 
+@pytest.mark.heavy
 def test_sigkill_at_random_steps_then_resume_is_bit_identical(data_dir, tmp_path, rng):
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   ref = subprocess.run(train_cmd(data_dir, tmp_path / "ref"), capture_output=True, text=True,
@@ -131,8 +132,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
 
 def test_full_disk_on_save_names_step_and_keeps_earlier_checkpoint(data_dir, tmp_path,
                                                                    monkeypatch):
-  config = tiny_config(data_dir)
-  config.total_steps = 8
+  config = tiny_config(data_dir)  # runs to step 8 (stop_after), checkpoints every 4
   real = trainer.ocp.CheckpointManager.save
 
   def save(self, step, *a, **k):
@@ -144,7 +144,7 @@ def test_full_disk_on_save_names_step_and_keeps_earlier_checkpoint(data_dir, tmp
   with pytest.raises(trainer.CheckpointWriteError,
                      match=r"checkpoint of step 8 .*No space left on device.*step 4\) is intact"):
     trainer.train(config, str(tmp_path), make_train_iter=lambda s: loaders.train_iter(config, s),
-                  log=lambda s: None)
+                  stop_after=8, log=lambda s: None)
   monkeypatch.undo()
   mngr = trainer.checkpoint_manager(str(tmp_path), config)
   assert mngr.latest_step() == 4

@@ -168,12 +168,11 @@ def test_all_configs_load_and_build():
 
 def test_restore_checkpoint_for_evaluation_names_missing_steps(data_dir, tmp_path):
   from deform3d.train.sharding import make_mesh
-  config = tiny_config(data_dir)
-  config.total_steps = config.checkpoint_every = 4
+  config = tiny_config(data_dir)  # checkpoints every 4 steps; this run stops after 4
   tr = trainer.Trainer(config, make_mesh(), loaders.input_shapes(config))
   with pytest.raises(FileNotFoundError, match="no checkpoint found under checkpoints/"):
     trainer.restore_checkpoint(tr, str(tmp_path), config)
-  out, _ = run(config, str(tmp_path))
+  out, _ = run(config, str(tmp_path), stop_after=4)
   state, step = trainer.restore_checkpoint(tr, str(tmp_path), config)
   assert step == 4 and int(state.step) == 4
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(out["state"].params)):
