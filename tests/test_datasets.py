@@ -313,24 +313,24 @@ def test_beam_multi_worker_build_equals_single_worker(raw, tmp_path):
 
 
 @pytest.mark.heavy
-def test_training_reads_every_converted_fixture(built, tmp_path):
-  """What ``launch/train.py`` runs, in this process (one import of TensorFlow and JAX for all
-  five builds): each build's config file with its ``runlocal`` variant pointed at the build,
-  the input pipeline, two training steps and the evaluation on the build's test split."""
+@pytest.mark.parametrize("name,spec", [
+    ("ntu60", "ntu:split=xsub60,pose=kinect"), ("ntu120", "ntu:split=xset120,pose=kinect"),
+    ("pyskl", "ntu:split=xsub60"), ("penn", "pennaction"), ("finegym", "finegym")])
+def test_training_reads_converted_fixture(built, tmp_path, name, spec):
+  """What ``launch/train.py`` runs, in this process: the build's config file with its
+  ``runlocal`` variant pointed at the build, the input pipeline, two training steps and the
+  evaluation on the build's test split."""
   from configs.common import load
   from data_pipelines import loaders
   from deform3d.train import trainer
-  for name, spec in (("ntu60", "ntu:split=xsub60,pose=kinect"),
-                     ("ntu120", "ntu:split=xset120,pose=kinect"), ("pyskl", "ntu:split=xsub60"),
-                     ("penn", "pennaction"), ("finegym", "finegym")):
-    config = load(spec + ("," if ":" in spec else ":") + "runlocal=true")
-    config.dataset.data_dir = built[name]
-    lines = []
-    out = trainer.train(config, str(tmp_path / name),
-                        make_train_iter=lambda s, c=config: loaders.train_iter(c, s),
-                        make_eval_iter=lambda c=config: loaders.eval_iter(c), log=lines.append)
-    assert any(l.startswith("step 2/2") for l in lines), (name, lines)
-    assert int(out["state"].step) == 2 and np.isfinite(out["train"]["loss"]), name
-    test_clips = len(read_records(built[name], "test"))
-    assert out["eval"]["num_examples"] == test_clips > 0, name
-    assert out["trainer"].model.num_classes == config.model.num_classes, name
+  config = load(spec + ("," if ":" in spec else ":") + "runlocal=true")
+  config.dataset.data_dir = built[name]
+  lines = []
+  out = trainer.train(config, str(tmp_path),
+                      make_train_iter=lambda s: loaders.train_iter(config, s),
+                      make_eval_iter=lambda: loaders.eval_iter(config), log=lines.append)
+  assert any(l.startswith("step 2/2") for l in lines), lines
+  assert int(out["state"].step) == 2 and np.isfinite(out["train"]["loss"])
+  test_clips = len(read_records(built[name], "test"))
+  assert out["eval"]["num_examples"] == test_clips > 0
+  assert out["trainer"].model.num_classes == config.model.num_classes
