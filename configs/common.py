@@ -1,6 +1,7 @@
-"""The one helper the config files share: their ``get_config(arg)`` argument parser.
+"""What the config files share: their ``get_config(arg)`` argument parser, the ``runlocal``
+variant of the paper datasets' configs, and the per-clip input shapes a config describes.
 
-No default values live here: every experiment file states its own.
+No experiment's values live here: every experiment file states its own.
 """
 from __future__ import annotations
 
@@ -50,3 +51,33 @@ def load(spec: str) -> ml_collections.ConfigDict:
   name, _, arg = spec.partition(":")
   name = name.removesuffix(".py").split("/")[-1]
   return importlib.import_module(f"configs.{name}").get_config(arg or None)
+
+
+def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The ``runlocal=true`` variant of a paper dataset's config (``ntu``, ``finegym``,
+  ``pennaction``): the same data and pipeline with the tiny model, 32 px, 4 frames, batch 2 and
+  2 steps, to check a build end to end on a laptop. Changes ``c`` in place and returns it."""
+  c.num_frames = 4
+  c.image_size = 32
+  c.model.variant = "tiny"
+  c.model.dtype = "float32"
+  c.dataset.eval_clips = 1
+  c.dataset.shuffle_buffer = 8
+  c.batch_size = 2
+  c.total_steps = 2
+  c.warmup_steps = 1
+  c.log_every = 1
+  c.eval_every = 2
+  c.checkpoint_every = 2
+  c.tensorboard = False
+  return c
+
+
+def clip_shapes(config: ml_collections.ConfigDict) -> dict:
+  """Per-clip input shapes ``{"frames": (T, S, S, 3), "keypoints": (T, J, 3)}`` that the input
+  pipeline makes for ``config`` (``J`` from its joint layout; ``(x, y, score)`` per joint),
+  without TensorFlow: for benchmarks and size reports where no dataset is at hand
+  (``data_pipelines.loaders.input_shapes`` reads them from a dataset's element spec)."""
+  from data_pipelines.skeletons import LAYOUTS  # plain Python
+  t, s = config.num_frames, config.image_size
+  return {"frames": (t, s, s, 3), "keypoints": (t, len(LAYOUTS[config.dataset.joint_layout]), 3)}

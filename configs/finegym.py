@@ -8,7 +8,7 @@ Model size and schedule are our GPU-scale choices, not values verified against t
 """
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import parse_arg, runlocal
 
 
 def get_config(arg=None):
@@ -66,17 +66,5 @@ def get_config(arg=None):
   c.tensorboard = True
 
   if arg.runlocal:
-    c.num_frames = 4
-    c.image_size = 32
-    c.model.variant = "tiny"
-    c.model.dtype = "float32"
-    c.dataset.eval_clips = 1
-    c.dataset.shuffle_buffer = 8
-    c.batch_size = 2
-    c.total_steps = 2
-    c.warmup_steps = 1
-    c.log_every = 1
-    c.eval_every = 2
-    c.checkpoint_every = 2
-    c.tensorboard = False
+    runlocal(c)
   return c

@@ -13,7 +13,7 @@ verified against the paper (whose settings could not be read, ../shared/paper.md
 """
 import ml_collections
 
-from configs.common import check_choice, parse_arg
+from configs.common import check_choice, parse_arg, runlocal
 
 # split -> (TFDS builder config, classes, training steps)
 SPLITS = {"xsub60": ("ntu60_xsub", 60, 60000), "xview60": ("ntu60_xview", 60, 60000),
@@ -82,17 +82,5 @@ def get_config(arg=None):
   c.tensorboard = True
 
   if arg.runlocal:
-    c.num_frames = 4
-    c.image_size = 32
-    c.model.variant = "tiny"
-    c.model.dtype = "float32"
-    c.dataset.eval_clips = 1
-    c.dataset.shuffle_buffer = 8
-    c.batch_size = 2
-    c.total_steps = 2
-    c.warmup_steps = 1
-    c.log_every = 1
-    c.eval_every = 2
-    c.checkpoint_every = 2
-    c.tensorboard = False
+    runlocal(c)
   return c

@@ -136,10 +136,9 @@ def size_config(spec, overrides):
 
 
 def _model_inputs(model, batch, shapes, seed=0):
-  (t, image_size, joints) = shapes
   rng = np.random.default_rng(seed)
-  frames = rng.standard_normal((batch, t, image_size, image_size, 3))
-  keypoints = rng.uniform(-1, 1, (batch, t, joints, 3))
+  frames = rng.standard_normal((batch,) + shapes["frames"])
+  keypoints = rng.uniform(-1, 1, (batch,) + shapes["keypoints"])
   keypoints[..., 2] = np.abs(keypoints[..., 2])
   labels = rng.integers(0, model.num_classes, batch)
   return frames.astype(np.float32), keypoints.astype(np.float32), labels
@@ -156,13 +155,12 @@ def _trim():
 
 
 def _build(config, dtype, batch):
-  from data_pipelines.skeletons import LAYOUTS  # plain Python, no TensorFlow
+  from configs.common import clip_shapes
   from deform3d.models import build_model
   # Dropout and drop path off: the two implementations then run the same computation.
   model = build_model({**config.model, "dtype": dtype, "drop_path": 0.0, "dropout": 0.0,
                        "attn_dropout": 0.0})
-  shapes = (config.num_frames, config.image_size, len(LAYOUTS[config.dataset.joint_layout]))
-  frames, keypoints, labels = _model_inputs(model, batch, shapes)
+  frames, keypoints, labels = _model_inputs(model, batch, clip_shapes(config))
   params = jax.jit(model.init)(jax.random.key(0), frames[:1], keypoints[:1])["params"]
   label = (f"B={batch} T={config.num_frames} {config.image_size}px "
            f"C={model.embed_dim} L={model.depth} {dtype}")

@@ -26,17 +26,15 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from configs.common import load  # noqa: E402
-from data_pipelines.skeletons import LAYOUTS  # noqa: E402  (plain Python, no TensorFlow)
+from configs.common import clip_shapes, load  # noqa: E402
 from deform3d.models import build_model  # noqa: E402
 
 
 def _inputs(config, batch):
-  """Abstract inputs of the config's data: (x, y, score) keypoints of its joint layout."""
-  t, s = config.num_frames, config.image_size
-  joints = len(LAYOUTS[config.dataset.joint_layout])
-  return (jax.ShapeDtypeStruct((batch, t, s, s, 3), jnp.float32),
-          jax.ShapeDtypeStruct((batch, t, joints, 3), jnp.float32))
+  """Abstract inputs of the config's data (``configs.common.clip_shapes``)."""
+  shapes = clip_shapes(config)
+  return tuple(jax.ShapeDtypeStruct((batch,) + shapes[k], jnp.float32)
+               for k in ("frames", "keypoints"))
 
 
 def model_stats(config_name: str, design: str, batch: int) -> dict:

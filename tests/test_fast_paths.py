@@ -6,7 +6,6 @@ model of every config in ``configs/``. The rewrites of the small pieces are also
 direct forms: custom-VJP batched matmuls vs ``jnp.einsum`` autodiff, the joint group layout vs
 gathering by the index table, the folded depthwise conv vs ``nn.Conv`` on the projected input.
 """
-import os
 
 import flax.linen as nn
 import jax
@@ -21,7 +20,6 @@ from deform3d.models.fast import (DepthwisePatchConv, FastDeformableAttention3D,
                                   JointGroupLayout)
 from deform3d.ops.batched_matmul import matmul_nn, matmul_nt
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def rel_err(a, b):
@@ -264,13 +262,12 @@ def config_models():
   that differ only in ``num_classes`` share one. Float32, no dropout. The paper-scale models
   keep every architecture setting but read 64 px, 8-frame inputs (their 224 px, 32-frame form:
   docs/model.md gives the result of the same check run as ``python -m tests.test_fast_paths``)."""
-  from configs.common import load
-  from data_pipelines.skeletons import LAYOUTS
+  from configs.common import clip_shapes, load
   out = {}
   for spec in CONFIG_SPECS:
     config = load(spec)
     model = dict(config.model, dtype="float32", dropout=0.0, attn_dropout=0.0, drop_path=0.0)
-    shapes = (config.num_frames, config.image_size, len(LAYOUTS[config.dataset.joint_layout]))
+    shapes = clip_shapes(config)
     key = repr(sorted((k, v) for k, v in model.items() if k != "num_classes")) + repr(shapes)
     out.setdefault(key, (model, shapes, []))[2].append(spec)
   return {"+".join(labels): (model, shapes) for model, shapes, labels in out.values()}
@@ -281,7 +278,8 @@ CONFIG_MODELS = config_models()
 
 def check_config_model(model_config, shapes, full_size=False, batch=2):
   """Plain vs fast model on random inputs: logits and every parameter gradient."""
-  t, image_size, j = shapes
+  t, image_size = shapes["frames"][:2]
+  j = shapes["keypoints"][1]
   if image_size > 64 and not full_size:
     t, image_size, batch = 8, 64, 1
   rng = np.random.default_rng(0)
@@ -296,7 +294,7 @@ def check_config_model(model_config, shapes, full_size=False, batch=2):
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param(n, marks=[pytest.mark.heavy] if CONFIG_MODELS[n][1][1] > 64 else [])
+    pytest.param(n, marks=[pytest.mark.heavy] if CONFIG_MODELS[n][1]["frames"][1] > 64 else [])
     for n in sorted(CONFIG_MODELS)])  # the paper-scale models are the heavy ones
 def test_fast_model_equals_plain_model_for_every_config(name):
   check_config_model(*CONFIG_MODELS[name])
@@ -313,6 +311,6 @@ def test_every_config_is_checked():
 
 if __name__ == "__main__":  # the full-size check of the paper-scale configs (minutes on CPU)
   for name, (model_config, shapes) in sorted(CONFIG_MODELS.items()):
-    if shapes[1] > 64:
+    if shapes["frames"][1] > 64:
       check_config_model(model_config, shapes, full_size=True, batch=1)
       print(f"{name}: fast == plain at full size (logits, gradients)")

@@ -166,6 +166,18 @@ def test_all_configs_load_and_build():
       load(bad)
 
 
+def test_input_shapes_agree_from_config_element_spec_and_batch(data_dir):
+  """The three ways to get a model's input shapes give the same per-clip shapes: from the config
+  alone (no TensorFlow), from the dataset's element spec, and from a real batch."""
+  from configs.common import clip_shapes
+  config = tiny_config(data_dir)
+  want = {"frames": (4, 32, 32, 3), "keypoints": (4, 17, 3)}
+  assert clip_shapes(config) == want
+  assert loaders.input_shapes(config) == want
+  assert trainer.input_shapes(next(loaders.train_iter(config))) == want
+  assert trainer.input_shapes(next(loaders.eval_iter(config))) == want  # (B, K, ...) batches
+
+
 def test_restore_checkpoint_for_evaluation_names_missing_steps(data_dir, tmp_path):
   from deform3d.train.sharding import make_mesh
   config = tiny_config(data_dir)  # checkpoints every 4 steps; this run stops after 4
