@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import torch_reference  # noqa: E402
 from deform3d.models import build_model, joint_groups  # noqa: E402
+from tests.test_fast_paths import random_params  # noqa: E402
 
 # (model config, frames, joints): sizes from deform3d/models/model.py VARIANTS.
 CONFIGS = [
@@ -49,12 +50,11 @@ def test_same_logits_and_gradients_as_flax(rng, overrides, t, j):
   keypoints = rng.uniform(-1, 1, (b, t, j, 3)).astype(np.float32)
   keypoints[..., 2] = np.where(rng.random((b, t, j)) < 0.1, 0.0, np.abs(keypoints[..., 2]))
   labels = rng.integers(0, model.num_classes, b)
-  params = jax.jit(model.init)(jax.random.key(0), frames, keypoints)["params"]
-  # Perturb every parameter: zero-initialized ones (offsets, head) would hide mistakes.
-  leaves, treedef = jax.tree.flatten(params)
-  leaves = [np.asarray(x) + 0.05 * rng.standard_normal(x.shape).astype(np.float32)
-            for x in leaves]
-  params = jax.tree.unflatten(treedef, leaves)
+  # Parameters of init's shapes, every one away from its initializer (zero-initialized ones,
+  # such as the offsets and the head, would hide mistakes); drawn, so init is not compiled.
+  params = random_params(jax.eval_shape(model.init, jax.random.key(0), frames,
+                                        keypoints)["params"], rng)
+  leaves = jax.tree.leaves(params)
 
   def loss_fn(p):
     logits = model.apply({"params": p}, frames, keypoints, train=True)
@@ -96,9 +96,9 @@ def test_same_logits_and_gradients_as_flax(rng, overrides, t, j):
 
 def test_rejects_dropout():
   model = build_model({**CONFIGS[4][0], "dropout": 0.1})
-  params = torch_reference.params_from_flax(model.init(
-      jax.random.key(0), np.zeros((1, 4, 48, 48, 3), np.float32),
-      np.zeros((1, 4, 5, 3), np.float32))["params"])
+  abstract = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 4, 48, 48, 3), np.float32),
+                            np.zeros((1, 4, 5, 3), np.float32))["params"]
+  params = torch_reference.params_from_flax(random_params(abstract, np.random.default_rng(0)))
   with pytest.raises(ValueError, match="dropout"):
     torch_reference.forward(params, torch.zeros(1, 4, 48, 48, 3), torch.zeros(1, 4, 5, 3),
                             torch_reference.model_fields(model))
