@@ -143,10 +143,17 @@ def pose_features(kp):
 
 
 def pose_embed(p, keypoints, b, cfg):
-  tokens = (p["joint_embed"][None] + p["time_embed"]).expand((b,) + p["time_embed"].shape[:1]
-                                                             + p["joint_embed"].shape)
+  """``keypoints (B, P, T, J, D)`` -> ``(B, T', P * J, C)``: the persons side by side."""
+  persons = keypoints.shape[1]
+  tokens = p["joint_embed"][None, None] + p["time_embed"][:, None]        # (T', 1, J, C)
+  if persons > 1:
+    tokens = tokens + p["person_embed"][None]                             # (T', P, J, C)
+  tokens = tokens.expand(-1, persons, -1, -1).flatten(1, 2)
+  tokens = tokens.expand((b,) + tokens.shape)
   if cfg["use_pose"]:
-    x = temporal_pool(pose_features(keypoints.float()), cfg["stem_temporal_stride"])
+    feats = [temporal_pool(pose_features(keypoints[:, m].float()), cfg["stem_temporal_stride"])
+             for m in range(persons)]
+    x = torch.cat(feats, dim=2)
     tokens = tokens + dense(p["coord_fc2"], gelu(dense(p["coord_fc1"], x)))
   return tokens
 
@@ -193,7 +200,10 @@ def deformable_attention(p, queries, query_pos, volume, cfg, context=None, conte
   return out
 
 
-def joint_stride_attention(p, z, cfg, stride, idx):
+def joint_stride_attention(p, z, cfg, stride, idx, present):
+  """``idx``: the groups of every person's joints (indices into ``P * J``); ``present (B, G)``:
+  whether each group's person is in the clip (absent: its joints are masked keys and the group
+  is left out of the cross token's mean)."""
   b, t, n, c = z.shape
   j = n - 1
   ng, w = idx.shape
@@ -201,10 +211,13 @@ def joint_stride_attention(p, z, cfg, stride, idx):
   grouped = z[:, :, 1:].index_select(2, safe).reshape(b, t, ng, w, c)
   cross = z[:, :, None, :1].expand(b, t, ng, 1, c)
   tokens = torch.cat([cross, grouped], dim=3)
-  valid = np.concatenate([np.ones((ng, 1), bool), idx >= 0], axis=1)
-  mask = torch.as_tensor(valid[:, None, None, :])
+  valid = torch.as_tensor(np.concatenate([np.ones((ng, 1), bool), idx >= 0], axis=1))
+  keys = torch.cat([torch.ones_like(present[..., None]), present[..., None].expand(b, ng, w)], -1)
+  mask = (valid[None] & keys)[:, None, :, None, None, :]                # (B, 1, G, 1, 1, 1 + w)
   out = mha(p["attn"], tokens, tokens, cfg["num_heads"], mask=mask)
-  new_cross = out[:, :, :, 0].mean(dim=2, keepdim=True)
+  weight = (present | ~present.any(dim=1, keepdim=True)).to(out.dtype)  # nobody: all groups
+  new_cross = (out[:, :, :, 0] * weight[:, None, :, None]).sum(dim=2, keepdim=True) / \
+      weight.sum(dim=1).clamp_min(1.0)[:, None, None, None]
   onehot = torch.as_tensor(idx[..., None] == np.arange(j), dtype=out.dtype)
   new_joints = torch.einsum("btgwc,gwj->btjc", out[:, :, :, 1:], onehot)
   return torch.cat([new_cross, new_joints], dim=2)
@@ -273,7 +286,7 @@ def block(p, rgb, cross, pose, cfg, i, train, groups):
     rgb = rgb + res("drop_rgb_mlp", mlp(p["rgb_mlp"], layer_norm(p["norm_rgb_mlp"], rgb)))
   z = torch.cat([cross.mean(dim=2, keepdim=True), pose], dim=2)
   y = res("drop_joint", joint_stride_attention(p["joint_attn"], layer_norm(p["norm_joint"], z),
-                                               cfg, cfg["joint_strides"][i], groups))
+                                               cfg, cfg["joint_strides"][i], *groups))
   cross, pose = cross + y[:, :, :1], pose + y[:, :, 1:]
   z = temporal_layers(p, torch.cat([cross, pose], dim=2), cfg, i, res)
   if rgb is not None and cfg["rgb_merge"]:
@@ -297,7 +310,7 @@ def pooled_block(p, rgb, cross, pose, pose_pos, cfg, i, train, groups):
                              layer_norm(p["norm_rgb"], rgb), cfg, pool=n)
     z = torch.cat([z[:, :, :1] + res("drop_cross", y.reshape(b, t, 1, c)), z[:, :, 1:]], dim=2)
   z = z + res("drop_joint", joint_stride_attention(
-      p["joint_attn"], layer_norm(p["norm_joint"], z), cfg, cfg["joint_strides"][i], groups))
+      p["joint_attn"], layer_norm(p["norm_joint"], z), cfg, cfg["joint_strides"][i], *groups))
   z = temporal_layers(p, z, cfg, i, res)
   return z[:, :, :1], z[:, :, 1:], temporal_pool(pose_pos, cfg["temporal_strides"][i])
 
@@ -315,9 +328,17 @@ def forward(params, frames, keypoints, cfg, train: bool = False):
     raise ValueError("torch_reference: dropout and attn_dropout must be 0 (the reference "
                      "implements drop path only)")
   b = keypoints.shape[0]
+  if keypoints.dim() == 4:
+    keypoints = keypoints[:, None]                                        # one person
+  persons, j = keypoints.shape[1], keypoints.shape[3]
+  present = torch.ones(b, persons, dtype=torch.bool)
+  if persons > 1 and cfg["use_pose"] and keypoints.shape[-1] > 2:
+    present = (keypoints[..., 2] > 0).flatten(2).any(dim=2)
   rgb = rgb_stem(params["rgb_stem"], frames, cfg) if cfg["use_rgb"] else None
   pose = pose_embed(params["pose_embed"], keypoints, b, cfg)
-  t, j, c = pose.shape[1], keypoints.shape[2], cfg["embed_dim"]
+  t, c = pose.shape[1], cfg["embed_dim"]
+  if persons == 1:
+    keypoints = keypoints[:, 0]
   paper = cfg["design"] == "paper"
   k = cfg["num_cross_tokens"] if paper else 1
   cross = params["cross_token"].expand(b, t, k, c)
@@ -333,7 +354,9 @@ def forward(params, frames, keypoints, cfg, train: bool = False):
     time = cell_centres(t)[None, :, None, None].expand(b, t, j, 1)
     pose_pos = torch.cat([xy, time], dim=-1)
   for i in range(cfg["depth"]):
-    groups = joint_groups(j, min(cfg["joint_window"], j), cfg["joint_strides"][i])
+    one = joint_groups(j, min(cfg["joint_window"], j), cfg["joint_strides"][i])
+    groups = np.concatenate([np.where(one >= 0, one + m * j, -1) for m in range(persons)])
+    groups = (groups, present[:, np.repeat(np.arange(persons), len(one))])
     if paper:
       rgb, cross, pose = block(params[f"block{i}"], rgb, cross, pose, cfg, i, train, groups)
     else:

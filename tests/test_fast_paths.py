@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from deform3d.models import (DeformableAttention3D, JointStrideAttention, MultiHeadAttention,
-                             build_model, joint_groups)
+                             build_model, joint_groups, person_groups)
 from deform3d.models.fast import (DepthwisePatchConv, FastDeformableAttention3D,
                                   FastJointStrideAttention, FastMultiHeadAttention,
                                   JointGroupLayout)
@@ -178,12 +178,13 @@ def test_projection_folded_into_depthwise_conv(rng, strides, shape, groups):
     assert rel_err(gf, gp) < 1e-5
 
 
-@pytest.mark.parametrize("num_joints,window,stride", [(17, 4, 1), (17, 4, 2), (17, 5, 2),
-                                                      (5, 3, 2), (25, 5, 3), (1, 1, 1)])
-def test_joint_group_layout_equals_gathering_by_index(rng, num_joints, window, stride):
-  layout = JointGroupLayout(num_joints, window, stride)
-  idx = joint_groups(num_joints, window, stride)
-  x = rng.standard_normal((2, 3, 1 + num_joints, 4, 2)).astype(np.float32)
+@pytest.mark.parametrize("num_joints,window,stride,persons", [
+    (17, 4, 1, 1), (17, 4, 2, 1), (17, 5, 2, 1), (5, 3, 2, 1), (25, 5, 3, 1), (1, 1, 1, 1),
+    (17, 4, 2, 2), (5, 3, 2, 3)])
+def test_joint_group_layout_equals_gathering_by_index(rng, num_joints, window, stride, persons):
+  layout = JointGroupLayout(num_joints, window, stride, persons)
+  idx = person_groups(num_joints, window, stride, persons)
+  x = rng.standard_normal((2, 3, 1 + persons * num_joints, 4, 2)).astype(np.float32)
   got = np.asarray(layout.split(jnp.asarray(x)))
   ng, w = idx.shape
   assert got.shape == (2, 3, ng, 1 + w, 4, 2)
@@ -201,6 +202,15 @@ def test_joint_group_layout_equals_gathering_by_index(rng, num_joints, window, s
     for slot, joint in enumerate(idx[g]):
       if joint >= 0:
         np.testing.assert_array_equal(merged[:, :, 1 + joint], y[:, :, g, 1 + slot])
+  # With group weights (absent persons' groups 0), the cross token is the weighted mean.
+  weights = jnp.asarray(rng.random((2, ng)) < 0.5).at[0].set(False)  # clip 0: nothing counts
+  merged = np.asarray(JointGroupLayout(num_joints, window, stride, persons, weights).merge(
+      jnp.asarray(y)))
+  wn = np.asarray(weights, np.float32)
+  want = ((y[:, :, :, 0] * wn[:, None, :, None, None]).sum(2)
+          / np.maximum(wn.sum(1), 1)[:, None, None, None])
+  np.testing.assert_allclose(merged[:, :, 0], want, rtol=1e-6, atol=1e-7)
+  assert np.all(merged[0, :, 0] == 0)
 
 
 @pytest.mark.parametrize("context,pool", [(True, 1), (False, 6)])
@@ -223,23 +233,41 @@ def test_fast_deformable_attention_equals_plain(rng, context, pool):
   assert_same_function(plain, fast, variables, args, dict(pool_queries=pool))
 
 
-@pytest.mark.parametrize("num_joints,window,stride", [(17, 4, 2), (5, 3, 1)])
-def test_fast_joint_attention_equals_plain(rng, num_joints, window, stride):
-  z = jnp.asarray(rng.standard_normal((2, 3, 1 + num_joints, 16)), jnp.float32)
+@pytest.mark.parametrize("num_joints,window,stride,persons", [(17, 4, 2, 1), (5, 3, 1, 1),
+                                                              (5, 3, 2, 3)])
+def test_fast_joint_attention_equals_plain(rng, num_joints, window, stride, persons):
+  z = jnp.asarray(rng.standard_normal((3, 3, 1 + persons * num_joints, 16)), jnp.float32)
+  # Clip 0: all persons present; clip 1: only the first; clip 2: none.
+  mask = None if persons == 1 else jnp.asarray(np.arange(persons)[None] < [[persons], [1], [0]])
+  kw = {"person_mask": mask}
   plain = JointStrideAttention(4, window=window, stride=stride)
   fast = FastJointStrideAttention(4, window=window, stride=stride)
-  variables = perturbed(plain.init(jax.random.key(0), z), rng)
-  assert_same_function(plain, fast, variables, (z,))
-  _, sa = plain.apply(variables, z, mutable=["intermediates"])
-  _, sb = fast.apply(variables, z, mutable=["intermediates"])
+  variables = perturbed(plain.init(jax.random.key(0), z, **kw), rng)
+  assert_same_function(plain, fast, variables, (z,), kw)
+  _, sa = plain.apply(variables, z, **kw, mutable=["intermediates"])
+  _, sb = fast.apply(variables, z, **kw, mutable=["intermediates"])
   sa, sb = sa["intermediates"], sb["intermediates"]
   assert rel_err(sb["joint_importance"][0], sa["joint_importance"][0]) < 1e-5
   # The same attention maps in every row of a real query (a padding slot's query row is
   # discarded; the plain form projects a zero token there, the fast form pads after projecting).
-  idx = joint_groups(num_joints, window, stride)
+  idx = person_groups(num_joints, window, stride, persons)
   rows = np.concatenate([np.ones((idx.shape[0], 1), bool), idx >= 0], axis=1)  # (Ng, 1 + w)
   a, b = np.asarray(sa["attn"]["attention"][0]), np.asarray(sb["attn"]["attention"][0])
   assert rel_err(b.transpose(2, 4, 0, 1, 3, 5)[rows], a.transpose(2, 4, 0, 1, 3, 5)[rows]) < 1e-5
+
+
+def test_fast_model_equals_plain_model_with_persons(rng):
+  """Three persons (the second absent in clip 1, all absent in clip 2): logits and gradients."""
+  config = dict(variant="tiny", num_classes=3, joint_window=3, joint_strides=(2, 1),
+                drop_path=0.0)
+  frames = jnp.asarray(rng.standard_normal((3, 4, 32, 32, 3)), jnp.float32)
+  keypoints = rng.uniform(-1, 1, (3, 3, 4, 5, 3)).astype(np.float32)
+  keypoints[1, 1, ..., 2] = 0.0
+  keypoints[2, ..., 2] = 0.0
+  plain, fast = (build_model(dict(config, fast=f)) for f in (False, True))
+  abstract = jax.eval_shape(plain.init, jax.random.key(0), frames, keypoints)["params"]
+  assert_same_function(plain, fast, {"params": random_params(abstract, rng)},
+                       (frames, jnp.asarray(keypoints)))
 
 
 # Every config file with every argument value (tests/test_train.py loads and builds each).

@@ -161,6 +161,42 @@ def test_attention_maps_are_distributions(rng):
   assert np.all(imp.sum(-1) <= 1.0 + 1e-5) and np.all(imp > 0)
 
 
+def test_persons_absent_ones_are_never_attended_to(rng):
+  """Keypoints (B, P, T, J, 3): an absent person (all scores 0) changes nothing, whatever its
+  coordinates; a present second person does; one person in the 5-D form is the 4-D model."""
+  model = build_model({**TINY, "joint_strides": (2, 1), "drop_path": 0.0})
+  frames, _ = make_inputs(rng)
+  keypoints = np.asarray(rng.uniform(-1, 1, (2, 2, 4, 5, 3)), np.float32)
+  keypoints[1, 1, ..., 2] = 0.0                              # clip 1: the second person is absent
+  abstract = jax.eval_shape(model.init, jax.random.key(0), frames, keypoints)["params"]
+  assert abstract["pose_embed"]["person_embed"].shape == (2, 1, 32)
+  variables = {"params": random_params(abstract, rng)}
+  apply = jax.jit(lambda kp: attention_maps(model, variables, frames, kp))
+  logits, maps = apply(keypoints)
+  moved = keypoints.copy()
+  moved[:, 1, ..., :2] = rng.uniform(-1, 1, moved[:, 1, ..., :2].shape)
+  logits2, _ = apply(moved)
+  np.testing.assert_array_equal(logits2[1], logits[1])     # absent: its coordinates do nothing
+  assert float(jnp.abs(logits2[0] - logits[0]).max()) > 1e-4  # present: they matter
+  for i in range(2):
+    imp = np.asarray(maps[f"block{i}/joint_attn/joint_importance"])  # (B, T, heads, P * J)
+    assert imp.shape[-1] == 10
+    assert np.all(imp[1, ..., 5:] == 0) and np.all(imp[0, ..., 5:] > 0)
+    assert np.all(imp.sum(-1) <= 1.0 + 1e-5)  # the rest is the cross token's weight on itself
+  # One person: the 5-D input is the one-person model (no person embedding).
+  one = build_model(TINY)
+  abstract = jax.eval_shape(one.init, jax.random.key(0), frames, keypoints[:, :1])["params"]
+  assert "person_embed" not in abstract["pose_embed"]
+  v1 = {"params": random_params(abstract, rng)}
+  np.testing.assert_array_equal(one.apply(v1, frames, keypoints[:, :1]),
+                                one.apply(v1, frames, keypoints[:, 0]))
+  # The person count is fixed at init; the earlier design takes one person.
+  with pytest.raises(ValueError, match=r"PoseEmbed: .*made for \(2, 1, 32\) \(persons"):
+    model.apply(variables, frames, np.concatenate([keypoints, keypoints[:, :1]], axis=1))
+  with pytest.raises(ValueError, match="design='pooled' takes one person"):
+    build_model({**TINY, "design": "pooled"}).init(jax.random.key(0), frames, keypoints)
+
+
 def test_joint_groups_cover_each_joint_once():
   for j, w, s in [(17, 4, 1), (17, 4, 2), (25, 5, 2), (13, 3, 3), (5, 5, 1)]:
     idx = joint_groups(j, w, s)
@@ -288,7 +324,8 @@ def test_bad_config_and_inputs_raise(rng):
   with pytest.raises(ValueError, match="temporal_strides has 1 entries"):
     model.init(jax.random.key(0), frames, keypoints)
   model = build_model(TINY)
-  with pytest.raises(ValueError, match=r"keypoints \(B, T, J, D\) are required"):
+  with pytest.raises(ValueError,
+                     match=r"keypoints \(B, T, J, D\) or \(B, P, T, J, D\) are required"):
     model.init(jax.random.key(0), frames, keypoints[:, :, 0])
   with pytest.raises(ValueError, match=r"frames must be \(B, T, H, W, 3\) with \(B, T\)"):
     model.init(jax.random.key(0), frames[:, :3], keypoints)

@@ -15,23 +15,27 @@ import torch_reference  # noqa: E402
 from deform3d.models import build_model, joint_groups  # noqa: E402
 from tests.test_fast_paths import random_params  # noqa: E402
 
-# (model config, frames, joints): sizes from deform3d/models/model.py VARIANTS.
+# (model config, frames, joints, persons): sizes from deform3d/models/model.py VARIANTS.
 CONFIGS = [
     # The embedded config's model (the paper's block, one cross-modal token).
-    (dict(variant="embedded", num_classes=10, drop_path=0.0), 8, 17),
+    (dict(variant="embedded", num_classes=10, drop_path=0.0), 8, 17, 1),
     # Temporal stem stride, a partial joint group, odd offset strides (edge padding), merges,
     # two cross-modal tokens, and the RGB stream kept at full temporal length.
     (dict(variant="tiny", num_classes=5, depth=3, num_heads=4, stem_temporal_stride=2,
           joint_window=5, joint_strides=(1, 2, 1), temporal_strides=(1, 2, 1),
-          offset_strides=(2, 3, 3), drop_path=0.0, rgb_merge=False, num_cross_tokens=2), 6, 13),
+          offset_strides=(2, 3, 3), drop_path=0.0, rgb_merge=False, num_cross_tokens=2), 6, 13, 1),
     # The earlier design (ablation).
-    (dict(variant="embedded", num_classes=10, drop_path=0.0, design="pooled"), 8, 17),
+    (dict(variant="embedded", num_classes=10, drop_path=0.0, design="pooled"), 8, 17, 1),
     # RGB queries' bias positions at their frame's centre (ablation).
     (dict(variant="tiny", num_classes=4, joint_window=3, rgb_query_pos="frame", drop_path=0.0),
-     4, 5),
+     4, 5, 1),
     # Pose-only, and RGB-only.
-    (dict(variant="tiny", num_classes=4, joint_window=3, use_rgb=False, drop_path=0.0), 4, 5),
-    (dict(variant="tiny", num_classes=4, joint_window=3, use_pose=False, drop_path=0.0), 4, 5),
+    (dict(variant="tiny", num_classes=4, joint_window=3, use_rgb=False, drop_path=0.0), 4, 5, 1),
+    (dict(variant="tiny", num_classes=4, joint_window=3, use_pose=False, drop_path=0.0), 4, 5, 1),
+    # Three persons (person embedding, groups per person); one clip with only the first, one
+    # with nobody.
+    (dict(variant="tiny", num_classes=4, joint_window=3, joint_strides=(2, 1), drop_path=0.0),
+     4, 7, 3),
 ]
 
 
@@ -42,13 +46,17 @@ def test_joint_groups_are_the_same_table(num_joints, window, stride):
                                 joint_groups(num_joints, window, stride))
 
 
-@pytest.mark.parametrize("overrides,t,j", CONFIGS)
-def test_same_logits_and_gradients_as_flax(rng, overrides, t, j):
+@pytest.mark.parametrize("overrides,t,j,persons", CONFIGS)
+def test_same_logits_and_gradients_as_flax(rng, overrides, t, j, persons):
   model = build_model(overrides)
   b = 3
   frames = rng.standard_normal((b, t, 48, 48, 3)).astype(np.float32)
-  keypoints = rng.uniform(-1, 1, (b, t, j, 3)).astype(np.float32)
-  keypoints[..., 2] = np.where(rng.random((b, t, j)) < 0.1, 0.0, np.abs(keypoints[..., 2]))
+  shape = (b, t, j, 3) if persons == 1 else (b, persons, t, j, 3)
+  keypoints = rng.uniform(-1, 1, shape).astype(np.float32)
+  keypoints[..., 2] = np.where(rng.random(shape[:-1]) < 0.1, 0.0, np.abs(keypoints[..., 2]))
+  if persons > 1:
+    keypoints[1, 1:, ..., 2] = 0.0  # clip 1: only its first person is present
+    keypoints[2, ..., 2] = 0.0      # clip 2: nobody
   labels = rng.integers(0, model.num_classes, b)
   # Parameters of init's shapes, every one away from its initializer (zero-initialized ones,
   # such as the offsets and the head, would hide mistakes); drawn, so init is not compiled.

@@ -9,11 +9,13 @@ from deform3d.models.embeddings import PoseEmbed, RGBStem
 from deform3d.models.layers import DropPath, Mlp, MultiHeadAttention
 from deform3d.models.model import Block, Deform3DTransformer, PooledBlock
 from deform3d.models.stride_attention import (JointStrideAttention, TemporalMerge,
-                                              TemporalStrideAttention, joint_groups)
+                                              TemporalStrideAttention, joint_groups,
+                                              person_groups)
 from deform3d.models.factory import attention_maps, build_model, resolved_config
 
 __all__ = [
     "DeformableAttention3D", "PoseEmbed", "RGBStem", "DropPath", "Mlp", "MultiHeadAttention",
     "Block", "PooledBlock", "Deform3DTransformer", "JointStrideAttention", "TemporalMerge",
-    "TemporalStrideAttention", "joint_groups", "attention_maps", "build_model", "resolved_config",
+    "TemporalStrideAttention", "joint_groups", "person_groups", "attention_maps", "build_model",
+    "resolved_config",
 ]

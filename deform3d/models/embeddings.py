@@ -109,11 +109,13 @@ def pose_features(keypoints):
 
 
 class PoseEmbed(nn.Module):
-  """Keypoints ``(B, T, J, D)`` -> pose tokens ``(B, T', J, C)``.
+  """Keypoints ``(B, T, J, D)`` -> pose tokens ``(B, T', J, C)``; of ``P > 1`` persons,
+  ``(B, P, T, J, D)`` -> ``(B, T', P * J, C)`` (person by person).
 
-  A two-layer MLP on each joint's features (``pose_features``: coordinates, score, body-centred
-  offset and its motion) plus learned joint-identity and time embeddings, whose sizes ``J`` and
-  ``T'`` are taken from the keypoints at initialisation. With ``use_coords=False`` (RGB-only
+  A two-layer MLP on each joint's features (``pose_features`` of each person: coordinates,
+  score, offset from that person's centre and its motion) plus learned joint-identity and time
+  embeddings and, with ``P > 1``, a learned person embedding (ours), whose sizes ``J``, ``T'`` and
+  ``P`` are taken from the keypoints at initialisation. With ``use_coords=False`` (RGB-only
   ablation) the tokens are the learned embeddings alone, so no pose information enters the model.
   """
   embed_dim: int
@@ -123,16 +125,28 @@ class PoseEmbed(nn.Module):
 
   @nn.compact
   def __call__(self, keypoints):
-    b, t, j = keypoints.shape[:3]
+    persons = keypoints.shape[1] if keypoints.ndim == 5 else 1
+    b, t, j = keypoints.shape[0], keypoints.shape[-3], keypoints.shape[-2]
     t_out = -(-t // self.temporal_stride)
     joint_embed = input_sized_param(self, "joint_embed", (j, self.embed_dim), "(joints, C)",
                                     keypoints.shape)
     time_embed = input_sized_param(self, "time_embed", (t_out, 1, self.embed_dim),
                                    "(frames after the stem stride, 1, C)", keypoints.shape)
-    tokens = (joint_embed[None] + time_embed).astype(self.dtype)
-    tokens = jnp.broadcast_to(tokens, (b,) + tokens.shape)
+    tokens = joint_embed[None] + time_embed                                 # (T', J, C)
+    if persons > 1:
+      person_embed = input_sized_param(self, "person_embed", (persons, 1, self.embed_dim),
+                                       "(persons, 1, C)", keypoints.shape)
+      tokens = (tokens[:, None] + person_embed[None]).reshape(t_out, persons * j, self.embed_dim)
+    tokens = jnp.broadcast_to(tokens.astype(self.dtype), (b,) + tokens.shape)
     if self.use_coords:
-      x = temporal_pool(pose_features(keypoints.astype(jnp.float32)), self.temporal_stride)
+      kp = keypoints.astype(jnp.float32)
+      if persons > 1:  # each person's features, then persons next to each other per frame
+        x = pose_features(kp.reshape((b * persons,) + kp.shape[2:]))
+        x = temporal_pool(x, self.temporal_stride)
+        x = x.reshape((b, persons) + x.shape[1:]).transpose(0, 2, 1, 3, 4)
+        x = x.reshape(x.shape[:2] + (persons * j, x.shape[-1]))
+      else:
+        x = temporal_pool(pose_features(kp), self.temporal_stride)
       x = nn.Dense(self.embed_dim, dtype=self.dtype, name="coord_fc1")(x.astype(self.dtype))
       x = nn.Dense(self.embed_dim, dtype=self.dtype, name="coord_fc2")(nn.gelu(x))
       tokens = tokens + x

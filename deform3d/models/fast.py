@@ -30,7 +30,7 @@ from deform3d.models.embeddings import patchify
 from deform3d.models.layers import MultiHeadAttention, layer_norm
 from deform3d.models.model import Block, PooledBlock
 from deform3d.models.stride_attention import (JointStrideAttention, TemporalStrideAttention,
-                                              joint_groups)
+                                              group_mean, joint_groups)
 from deform3d.ops.batched_matmul import matmul_nn, matmul_nt
 
 Dtype = Any
@@ -166,16 +166,20 @@ class FastDeformableAttention3D(DeformableAttention3D):
 class JointGroupLayout:
   """Token layout of the joint stride attention, for ``FastMultiHeadAttention(layout=...)``.
 
-  ``split``: ``(B, T, 1 + J, ...)`` -> ``(B, T, Ng, 1 + w, ...)``: each of the ``joint_groups``
-  (``idx``, ``(Ng, w)``) preceded by the cross token; padding slots are zeros (masked as keys,
-  dropped as queries). ``merge``: the inverse for outputs: joints back in joint order (every
-  joint is in exactly one group), the cross token as the mean of its ``Ng`` outputs. Both are
-  static pads, reshapes and transposes (no gather, and so no scatter in the backward pass).
+  ``split``: ``(B, T, 1 + P * J, ...)`` -> ``(B, T, P * Ng, 1 + w, ...)``: each of the
+  ``person_groups`` (``P`` persons' ``joint_groups``, person by person) preceded by the cross
+  token; padding slots are zeros (masked as keys, dropped as queries). ``merge``: the inverse for
+  outputs: joints back in joint order (every joint is in exactly one group), the cross token as
+  ``group_mean`` of its outputs (weighted by ``group_weights (B, P * Ng)`` when given). Both are
+  static pads, reshapes and transposes (no gather, and so no scatter in the backward pass); the
+  persons ride along the time axis.
   """
 
-  def __init__(self, num_joints: int, window: int, stride: int):
+  def __init__(self, num_joints: int, window: int, stride: int, persons: int = 1,
+               group_weights=None):
     self.idx = joint_groups(num_joints, window, stride)
     self.num_joints, self.window, self.stride = num_joints, window, stride
+    self.persons, self.group_weights = persons, group_weights
     self.num_groups = self.idx.shape[0]
     self.block = window * stride
     self.padded = -(-num_joints // self.block) * self.block
@@ -188,19 +192,24 @@ class JointGroupLayout:
   def split(self, x):
     b, t, tail = x.shape[0], x.shape[1], x.shape[3:]
     nb, w, s, ng = self.padded // self.block, self.window, self.stride, self.num_groups
-    joints = _pad_axis(x[:, :, 1:], 2, self.padded)
-    joints = joints.reshape((b, t, nb, w, s) + tail)
-    joints = jnp.swapaxes(joints, 3, 4).reshape((b, t, nb * s, w) + tail)[:, :, :ng]
-    cross = jnp.broadcast_to(x[:, :, None, :1], (b, t, ng, 1) + tail)
+    p, j = self.persons, self.num_joints
+    joints = _pad_axis(x[:, :, 1:].reshape((b, t * p, j) + tail), 2, self.padded)
+    joints = joints.reshape((b, t * p, nb, w, s) + tail)
+    joints = jnp.swapaxes(joints, 3, 4).reshape((b, t * p, nb * s, w) + tail)[:, :, :ng]
+    joints = joints.reshape((b, t, p * ng, w) + tail)
+    cross = jnp.broadcast_to(x[:, :, None, :1], (b, t, p * ng, 1) + tail)
     return jnp.concatenate([cross, joints], axis=3)
 
   def merge(self, y):
     b, t, tail = y.shape[0], y.shape[1], y.shape[4:]
     nb, w, s = self.padded // self.block, self.window, self.stride
-    cross = y[:, :, :, 0].mean(axis=2, keepdims=True)
-    joints = _pad_axis(y[:, :, :, 1:], 2, nb * s).reshape((b, t, nb, s, w) + tail)
-    joints = jnp.swapaxes(joints, 3, 4).reshape((b, t, self.padded) + tail)
-    return jnp.concatenate([cross, joints[:, :, :self.num_joints]], axis=2)
+    p, j = self.persons, self.num_joints
+    cross = group_mean(y[:, :, :, 0], self.group_weights)
+    joints = y[:, :, :, 1:].reshape((b, t * p, self.num_groups, w) + tail)
+    joints = _pad_axis(joints, 2, nb * s).reshape((b, t * p, nb, s, w) + tail)
+    joints = jnp.swapaxes(joints, 3, 4).reshape((b, t * p, self.padded) + tail)
+    joints = joints[:, :, :j].reshape((b, t, p * j) + tail)
+    return jnp.concatenate([cross, joints], axis=2)
 
 
 def _pad_axis(x, axis: int, size: int):
@@ -215,8 +224,9 @@ def _pad_axis(x, axis: int, size: int):
 class FastJointStrideAttention(JointStrideAttention):
   Attention = FastMultiHeadAttention
 
-  def attend(self, z, idx, mask, deterministic):
-    layout = JointGroupLayout(z.shape[2] - 1, idx.shape[1], self.stride)
+  def attend(self, z, idx, mask, group_weights, persons, deterministic):
+    layout = JointGroupLayout((z.shape[2] - 1) // persons, idx.shape[1], self.stride, persons,
+                              group_weights)
     return self.Attention(self.num_heads, attn_dropout=self.attn_dropout,
                           proj_dropout=self.proj_dropout, dtype=self.dtype,
                           name="attn")(z, z, mask=mask, layout=layout, deterministic=deterministic)

@@ -92,11 +92,13 @@ class _BlockBase(nn.Module):
                            offset_range_factor=self.offset_range_factor, name="cross_attn",
                            **self.kw())
 
-  def pose_layers(self, z, deterministic):
-    """Joint stride attention on ``z (B, T, 1 + J, C)`` (cross-attention token + pose tokens)."""
+  def pose_layers(self, z, person_mask, deterministic):
+    """Joint stride attention on ``z (B, T, 1 + P * J, C)`` (cross-attention token + the pose
+    tokens of ``P`` persons, present ones marked by ``person_mask (B, P)``; ``None``: one)."""
     y = self.JointAttention(self.num_heads, window=self.joint_window, stride=self.joint_stride,
                             name="joint_attn", **self.kw())(
-                                layer_norm("norm_joint", self.dtype)(z), deterministic=deterministic)
+                                layer_norm("norm_joint", self.dtype)(z), person_mask,
+                                deterministic=deterministic)
     return self.residual("drop_joint", y, deterministic)
 
   def temporal_layers(self, z, deterministic):
@@ -114,8 +116,9 @@ class _BlockBase(nn.Module):
 class Block(_BlockBase):
   """The paper's block: two modality streams fused through the cross-modal tokens.
 
-  ``rgb (B, T, H, W, C)`` or ``None`` (pose-only), ``cross (B, T, K, C)``, ``pose (B, T, J, C)``
-  -> the same streams, ``T`` reduced by ``temporal_stride``.
+  ``rgb (B, T, H, W, C)`` or ``None`` (pose-only), ``cross (B, T, K, C)``, ``pose (B, T, P * J, C)``
+  (``P`` persons, ``person_mask (B, P)`` or ``None`` for one) -> the same streams, ``T`` reduced
+  by ``temporal_stride``.
 
   1. 3D deformable attention: queries = RGB tokens and cross-modal tokens; keys/values = the
      tokens found by the 3D token search and the cross-modal tokens. RGB and cross-modal tokens
@@ -128,7 +131,7 @@ class Block(_BlockBase):
   """
 
   @nn.compact
-  def __call__(self, rgb, cross, pose, pose_pos, deterministic: bool = True):
+  def __call__(self, rgb, cross, pose, pose_pos, person_mask=None, deterministic: bool = True):
     b, t, k, c = cross.shape
     if rgb is not None:
       _, tr, h, w, _ = rgb.shape
@@ -150,7 +153,7 @@ class Block(_BlockBase):
       rgb = rgb + self.residual("drop_rgb_mlp", y, deterministic)
 
     y = self.pose_layers(jnp.concatenate([cross.mean(axis=2, keepdims=True), pose], axis=2),
-                         deterministic)
+                         person_mask, deterministic)
     cross, pose = cross + y[:, :, :1], pose + y[:, :, 1:]
 
     z = self.temporal_layers(jnp.concatenate([cross, pose], axis=2), deterministic)
@@ -172,7 +175,7 @@ class PooledBlock(_BlockBase):
   """
 
   @nn.compact
-  def __call__(self, rgb, cross, pose, pose_pos, deterministic: bool = True):
+  def __call__(self, rgb, cross, pose, pose_pos, person_mask=None, deterministic: bool = True):
     b, t, _, c = cross.shape
     z = jnp.concatenate([cross, pose], axis=2)                              # (B, T, 1 + J, C)
     n = z.shape[2]
@@ -183,7 +186,7 @@ class PooledBlock(_BlockBase):
                             pool_queries=n, deterministic=deterministic)  # (B, T, C)
       y = self.residual("drop_cross", y.reshape(b, t, 1, c), deterministic)
       z = jnp.concatenate([z[:, :, :1] + y, z[:, :, 1:]], axis=2)
-    z = z + self.pose_layers(z, deterministic)
+    z = z + self.pose_layers(z, person_mask, deterministic)
     z = self.temporal_layers(z, deterministic)
     return rgb, z[:, :, :1], z[:, :, 1:], temporal_pool(pose_pos, self.temporal_stride)
 
@@ -191,9 +194,12 @@ class PooledBlock(_BlockBase):
 class Deform3DTransformer(nn.Module):
   """RGB frames + pose keypoints -> class logits.
 
-  Inputs: ``frames (B, T, H, W, 3)`` (float, normalized) and ``keypoints (B, T, J, D)`` whose first
-  two channels are ``(x, y)`` in normalized image coordinates ``[-1, 1]`` (further channels, e.g.
-  a confidence score, are embedded too). Either modality can be switched off for ablations
+  Inputs: ``frames (B, T, H, W, 3)`` (float, normalized) and ``keypoints (B, T, J, D)`` of one
+  person or ``(B, P, T, J, D)`` of ``P`` persons, whose first two channels are ``(x, y)`` in
+  normalized image coordinates ``[-1, 1]`` (further channels, e.g. a confidence score, are
+  embedded too). With ``P > 1`` a person whose scores (channel 2) are all 0 in the clip is absent
+  (padding): the joint attention never attends to its joints (ours: docs/model.md); ``P = 1``
+  is the one-person model exactly. Either modality can be switched off for ablations
   (``use_rgb=False`` ignores ``frames``; ``use_pose=False`` ignores ``keypoints``' values).
 
   ``design="paper"`` (default) uses ``Block``; ``"pooled"`` the earlier ``PooledBlock`` (one
@@ -251,14 +257,16 @@ class Deform3DTransformer(nn.Module):
                          f"{self.depth}")
     # The clip's frame and joint counts come from the inputs (the model is initialised from the
     # data's shapes); keypoints are needed even with use_pose=False, for those counts.
-    if keypoints is None or keypoints.ndim != 4:
-      raise ValueError("Deform3DTransformer: keypoints (B, T, J, D) are required, got "
-                       f"{None if keypoints is None else keypoints.shape}")
-    if self.use_rgb and (frames is None or frames.ndim != 5
-                         or frames.shape[:2] != keypoints.shape[:2]):
+    if keypoints is None or keypoints.ndim not in (4, 5):
+      raise ValueError("Deform3DTransformer: keypoints (B, T, J, D) or (B, P, T, J, D) are "
+                       f"required, got {None if keypoints is None else keypoints.shape}")
+    bt = (keypoints.shape[0], keypoints.shape[-3])
+    if self.use_rgb and (frames is None or frames.ndim != 5 or frames.shape[:2] != bt):
       raise ValueError(f"Deform3DTransformer: frames must be (B, T, H, W, 3) with (B, T) = "
-                       f"{keypoints.shape[:2]} of the keypoints, got "
-                       f"{None if frames is None else frames.shape}")
+                       f"{bt} of the keypoints, got {None if frames is None else frames.shape}")
+    if keypoints.ndim == 5 and keypoints.shape[1] > 1 and self.design != "paper":
+      raise ValueError(f"Deform3DTransformer: design={self.design!r} takes one person, got "
+                       f"keypoints of {keypoints.shape[1]} (B, P, T, J, D) = {keypoints.shape}")
     return keypoints.shape[0]
 
   def block_class(self):
@@ -267,13 +275,21 @@ class Deform3DTransformer(nn.Module):
       cls = fast.FastBlock if self.design == "paper" else fast.FastPooledBlock
     else:
       cls = Block if self.design == "paper" else PooledBlock
-    # Arguments: self, rgb, cross, pose, pose_pos, deterministic (static).
-    return nn.remat(cls, static_argnums=(5,)) if self.remat else cls
+    # Arguments: self, rgb, cross, pose, pose_pos, person_mask, deterministic (static).
+    return nn.remat(cls, static_argnums=(6,)) if self.remat else cls
 
   @nn.compact
   def __call__(self, frames: Optional[jnp.ndarray], keypoints: Optional[jnp.ndarray], *,
                train: bool = False):
     b = self._check(frames, keypoints)
+    if keypoints.ndim == 5 and keypoints.shape[1] == 1:
+      keypoints = keypoints[:, 0]  # one person: the one-person model
+    # Persons present in the clip (P > 1): any joint with a non-zero score in any frame.
+    person_mask = None
+    if keypoints.ndim == 5:
+      person_mask = jnp.ones(keypoints.shape[:2], bool)
+      if self.use_pose and keypoints.shape[-1] > 2:
+        person_mask = (keypoints[..., 2] > 0).any(axis=(2, 3))
     c = self.embed_dim
     rgb = None
     if self.use_rgb:
@@ -317,7 +333,7 @@ class Deform3DTransformer(nn.Module):
           drop_path=self.drop_path * i / max(self.depth - 1, 1), layer_scale=self.layer_scale,
           rgb_merge=self.rgb_merge, rgb_query_pos=self.rgb_query_pos, dtype=self.dtype,
           name=f"block{i}")(
-              rgb, cross, pose, pose_pos, not train)
+              rgb, cross, pose, pose_pos, person_mask, not train)
 
     cls = layer_norm("norm_out", self.dtype)(cross.mean(axis=(1, 2)))
     cls = nn.Dropout(self.dropout)(cls, deterministic=not train)

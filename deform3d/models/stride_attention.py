@@ -1,8 +1,9 @@
 """Local joint stride attention and temporal stride attention (Kim et al.), plain form.
 
-Token layout of the joint attention: ``z (B, T, 1 + J, C)``; index 0 is the frame's
-cross-attention token, indices 1..J the joint (pose) tokens. The temporal attention runs over
-any token axis ``(B, T, N, C)``. Speed rewrites: ``fast.py``.
+Token layout of the joint attention: ``z (B, T, 1 + P * J, C)``; index 0 is the frame's
+cross-attention token, then the ``J`` joint (pose) tokens of each of the ``P`` persons, person by
+person. The temporal attention runs over any token axis ``(B, T, N, C)``. Speed rewrites:
+``fast.py``.
 """
 from __future__ import annotations
 
@@ -36,13 +37,36 @@ def joint_groups(num_joints: int, window: int, stride: int):
   return idx[keep]
 
 
+def person_groups(num_joints: int, window: int, stride: int, persons: int):
+  """``joint_groups`` of each of ``persons`` people whose ``num_joints`` joints follow each other
+  (person ``m``'s joints are ``m * num_joints + i``): ``(persons * Ng, window)``, person by
+  person. No group mixes two persons."""
+  idx = joint_groups(num_joints, window, stride)
+  return np.concatenate([np.where(idx >= 0, idx + m * num_joints, -1) for m in range(persons)])
+
+
+def group_mean(x, group_weights):
+  """The cross token's new value from its outputs in every group, ``x (B, T, Ng, ...)`` ->
+  ``(B, T, 1, ...)``: their mean, or with ``group_weights (B, Ng)`` (1 for a group of a present
+  person, 0 for an absent one) the mean over the weighted groups (0 when no group counts)."""
+  if group_weights is None:
+    return x.mean(axis=2, keepdims=True)
+  w = group_weights.astype(x.dtype).reshape(group_weights.shape[:1] + (1, -1) + (1,) * (x.ndim - 3))
+  total = jnp.maximum(group_weights.astype(x.dtype).sum(axis=1), 1.0)
+  return (x * w).sum(axis=2, keepdims=True) / total.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
 class JointStrideAttention(nn.Module):
   """Self-attention inside strided local joint groups, each group joined by the cross token.
 
-  ``z (B, T, 1 + J, C)`` -> same shape. The cross token attends within every group and its new
-  value is the mean over groups, which is how it gathers pose context; joints see their group and
-  the cross token. Sows the attention ``(B, T, Ng, heads, 1 + w, 1 + w)`` and the cross token's
-  attention over joints as ``joint_importance (B, T, heads, J)``.
+  ``z (B, T, 1 + P * J, C)`` -> same shape. The joints of each of the ``P`` persons are grouped
+  separately (``person_groups``). The cross token attends within every group and its new value is
+  the mean over groups, which is how it gathers pose context; joints see their group and the
+  cross token. ``person_mask (B, P)`` (needed when ``P > 1``) marks the persons present in the
+  clip: an absent person's joints are never attended to, and its groups are left out of the
+  cross token's mean (in a clip with no person present, every group counts: the cross token then
+  attends to itself alone). Sows the attention ``(B, T, Ng, heads, 1 + w, 1 + w)`` and the cross
+  token's attention over joints as ``joint_importance (B, T, heads, P * J)``.
   """
   num_heads: int
   window: int = 4
@@ -53,22 +77,37 @@ class JointStrideAttention(nn.Module):
   Attention = MultiHeadAttention
 
   @nn.compact
-  def __call__(self, z, *, deterministic: bool = True):
-    j = z.shape[2] - 1
-    idx = joint_groups(j, min(self.window, j), self.stride)                # (Ng, w)
+  def __call__(self, z, person_mask=None, *, deterministic: bool = True):
+    persons = 1 if person_mask is None else person_mask.shape[1]
+    n = z.shape[2] - 1
+    if n % persons:
+      raise ValueError(f"JointStrideAttention: {n} pose tokens are not {persons} persons' joints")
+    j = n // persons
+    idx = person_groups(j, min(self.window, j), self.stride, persons)    # (Ng, w)
     valid = np.concatenate([np.ones((idx.shape[0], 1), bool), idx >= 0], axis=1)
-    out, weights = self.attend(z, idx, valid[:, None, None, :], deterministic)
-    # Importance of each joint for the cross token: its attention weight, per head.
-    onehot = np.asarray(idx[..., None] == np.arange(j), np.float32)       # (Ng, w, J)
+    mask, group_weights = valid[:, None, None, :], None
+    if persons > 1:
+      present = person_mask[:, np.repeat(np.arange(persons), idx.shape[0] // persons)]  # (B, Ng)
+      joints = jnp.broadcast_to(present[..., None], present.shape + (idx.shape[1],))
+      keys = jnp.concatenate([jnp.ones_like(present[..., None]), joints], axis=-1)  # (B, Ng, 1+w)
+      mask = (valid & keys)[:, None, :, None, None, :]
+      # A clip with nobody in it: the cross token attends only to itself in every group, so all
+      # its group outputs are equal; they all count, keeping the mean an affine combination.
+      group_weights = present | ~present.any(axis=1, keepdims=True)
+    out, weights = self.attend(z, idx, mask, group_weights, persons, deterministic)
+    # Importance of each joint for the cross token: its attention weight, per head, weighted as
+    # the groups are in the cross token's mean.
+    onehot = np.asarray(idx[..., None] == np.arange(n), np.float32)       # (Ng, w, P * J)
     cross_to_joint = weights[:, :, :, :, 0, 1:]                           # (B, T, Ng, heads, w)
-    importance = jnp.einsum("btghw,gwj->bthj", cross_to_joint, onehot) / idx.shape[0]
-    self.sow("intermediates", "joint_importance", importance)
+    share = group_mean(jnp.einsum("btghw,gwj->btghj", cross_to_joint, onehot),
+                       group_weights)[:, :, 0]                            # (B, T, heads, P * J)
+    self.sow("intermediates", "joint_importance", share)
     return out
 
-  def attend(self, z, idx, mask, deterministic):
+  def attend(self, z, idx, mask, group_weights, persons, deterministic):
     """Gathers the groups (each prefixed by the cross token), attends inside each, and returns
-    ``(B, T, 1 + J, C)`` (cross token: mean over groups; joints: their group's output) and the
-    weights."""
+    ``(B, T, 1 + P * J, C)`` (cross token: ``group_mean`` of its outputs; joints: their group's
+    output) and the weights."""
     b, t, _, c = z.shape
     ng, w = idx.shape
     groups = jnp.take(z[:, :, 1:], np.maximum(idx, 0), axis=2)            # (B, T, Ng, w, C)
@@ -83,7 +122,7 @@ class JointStrideAttention(nn.Module):
     g_i, s_i = np.nonzero(idx >= 0)
     slot[idx[g_i, s_i]] = g_i * w + s_i
     joints = jnp.take(out[:, :, :, 1:].reshape(b, t, ng * w, c), slot, axis=2)
-    return jnp.concatenate([out[:, :, :, 0].mean(axis=2, keepdims=True), joints], axis=2), weights
+    return jnp.concatenate([group_mean(out[:, :, :, 0], group_weights), joints], axis=2), weights
 
 
 class TemporalStrideAttention(nn.Module):
