@@ -75,9 +75,12 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def clip_shapes(config: ml_collections.ConfigDict) -> dict:
   """Per-clip input shapes ``{"frames": (T, S, S, 3), "keypoints": (T, J, 3)}`` that the input
-  pipeline makes for ``config`` (``J`` from its joint layout; ``(x, y, score)`` per joint),
-  without TensorFlow: for benchmarks and size reports where no dataset is at hand
-  (``data_pipelines.loaders.input_shapes`` reads them from a dataset's element spec)."""
+  pipeline makes for ``config`` (``J`` from its joint layout; ``(x, y, score)`` per joint;
+  ``(P, T, J, 3)`` with ``dataset.max_persons = P > 1``), without TensorFlow: for benchmarks and
+  size reports where no dataset is at hand (``data_pipelines.loaders.input_shapes`` reads them
+  from a dataset's element spec)."""
   from data_pipelines.skeletons import LAYOUTS  # plain Python
   t, s = config.num_frames, config.image_size
-  return {"frames": (t, s, s, 3), "keypoints": (t, len(LAYOUTS[config.dataset.joint_layout]), 3)}
+  keypoints = (t, len(LAYOUTS[config.dataset.joint_layout]), 3)
+  persons = config.dataset.get("max_persons", 1)
+  return {"frames": (t, s, s, 3), "keypoints": keypoints if persons == 1 else (persons,) + keypoints}

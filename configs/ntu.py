@@ -35,10 +35,12 @@ def get_config(arg=None):
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = f"ntu{num_classes}"
-  c.dataset.data_dir = f"data/tfds/{builder}/{benchmark}/1.0.0"  # launch/build_dataset.py output
+  c.dataset.data_dir = f"data/tfds/{builder}/{benchmark}/1.1.0"  # launch/build_dataset.py output
   c.dataset.train_split = "train"
   c.dataset.eval_split = "test"      # NTU has no validation split; the benchmarks report test
   c.dataset.joint_layout = layout    # the joint count follows from it
+  c.dataset.max_persons = 2          # NTU's interactions (A050-A060, A106-A120) have two people;
+                                     # 1 = the one-person ablation
   c.dataset.eval_clips = 5           # clips per video, logits averaged at evaluation
   c.dataset.crop_scale = (0.7, 1.0)  # random square crop, fraction of the short side
   c.dataset.shuffle_buffer = 4096

@@ -19,10 +19,11 @@ def get_config(arg=None):
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = "pennaction"
-  c.dataset.data_dir = "data/tfds/penn_action/default/1.0.0"  # launch/build_dataset.py output
+  c.dataset.data_dir = "data/tfds/penn_action/default/1.1.0"  # launch/build_dataset.py output
   c.dataset.train_split = "train"
   c.dataset.eval_split = "test"
   c.dataset.joint_layout = "penn13"  # the joint count follows from it
+  c.dataset.max_persons = 1  # Penn Action annotates one person per clip
   c.dataset.eval_clips = 5           # clips per video, logits averaged at evaluation
   c.dataset.crop_scale = (0.7, 1.0)  # random square crop, fraction of the short side
   c.dataset.shuffle_buffer = 4096

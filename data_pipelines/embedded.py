@@ -12,6 +12,12 @@ Fusion is needed by construction:
   flag half of the time, so the colour alone says nothing.
 * The other actions differ in fine limb motion that is exact in the keypoints but drawn faintly
   over clutter at low resolution in the frames: easiest from pose.
+* Interactions need the second person: in ``handshake`` and ``reach_unanswered`` two people
+  stand side by side and the first (the left one, written first) reaches out towards the
+  other in the same way; in ``handshake`` the other reaches back, in ``reach_unanswered`` it
+  stands idle. Only the second person's (faintly drawn) limb motion tells them apart, so a
+  one-person model (``max_persons=1``) cannot separate them from the pose. Every other class
+  has one person; its records hold one (the pipeline pads the second as absent).
 
 Usage: ``python -m data_pipelines.embedded --out data/embedded`` (the training script does this
 by itself when the directory is missing).
@@ -29,10 +35,12 @@ from data_pipelines import records
 from data_pipelines.skeletons import COCO17, COCO17_BONES
 
 CLASSES = ("wave_red_flag", "wave_blue_flag", "clap", "squat", "jump", "kick", "bow", "turn",
-           "walk", "punch")
+           "walk", "punch", "handshake", "reach_unanswered")
+# Two-person classes: the second person's action.
+PARTNER = {"handshake": "reach_back", "reach_unanswered": "idle"}
 FLAG_COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220)}
 SPLITS = {"train": (2000, 8, 101), "val": (300, 2, 202), "test": (500, 2, 303)}  # n, shards, seed
-DATASET_VERSION = "1.1.0"
+DATASET_VERSION = "1.2.0"  # 1.2.0: the two-person classes
 
 
 def _limb(origin, angle, length, side):
@@ -87,6 +95,12 @@ def skeleton(action: str, phase: np.ndarray, u: np.ndarray, body: dict) -> np.nd
   elif action == "punch":
     arm[r] = [0.15 + 1.45 * amp * pos_s, np.zeros(f)]
     arm[l] = [0.15 + 1.45 * amp * neg_s, np.zeros(f)]
+  elif action == "reach":         # the left arm (image right) out towards a person on the right
+    arm[l] = [0.15 + 1.3 * amp * pos_s, -0.3 * amp * pos_s]
+  elif action == "reach_back":    # the right arm (image left) out towards a person on the left
+    arm[r] = [0.15 + 1.3 * amp * pos_s, -0.3 * amp * pos_s]
+  elif action == "idle":          # arms down, a slight sway
+    root[:, 0] += 0.02 * h * s
   else:
     raise ValueError(f"unknown action {action!r}")
 
@@ -130,18 +144,31 @@ def _draw_points(frames, pts, colour, radius):
 
 
 def render_clip(label: int, rng: np.random.Generator, num_frames: int = 32, size: int = 56):
-  """Renders one clip of class ``label``: frames (F, S, S, 3) uint8, keypoints (F, 17, 2), scores."""
+  """Renders one clip of class ``label``: frames (F, S, S, 3) uint8, keypoints (M, F, 17, 2) and
+  scores (M, F, 17) of its ``M`` persons (2 for the classes of ``PARTNER``, else 1)."""
   name = CLASSES[label]
-  action = "wave" if name.startswith("wave") else name
+  action = {"handshake": "reach", "reach_unanswered": "reach"}.get(
+      name, "wave" if name.startswith("wave") else name)
+  two = name in PARTNER
   body = {"height": rng.uniform(0.55, 0.8) * size, "amplitude": rng.uniform(0.8, 1.2),
           "direction": rng.choice([-1, 1])}
-  body["root"] = (rng.uniform(0.38, 0.62) * size, rng.uniform(0.82, 0.92) * size - 0.44 * body["height"])
+  if two:  # two smaller people side by side, facing the camera
+    body["height"] = rng.uniform(0.5, 0.62) * size
+  x = rng.uniform(0.25, 0.38) if two else rng.uniform(0.38, 0.62)
+  body["root"] = (x * size, rng.uniform(0.82, 0.92) * size - 0.44 * body["height"])
   cycles = rng.uniform(1.0, 2.0)
   u = np.arange(num_frames) / num_frames
   phase = 2 * np.pi * cycles * u + rng.uniform(0, 2 * np.pi)
-  joints = skeleton(action, phase, u, body)
+  people = [skeleton(action, phase, u, body)]
+  if two:
+    other = {"height": body["height"] * rng.uniform(0.9, 1.1), "amplitude": rng.uniform(0.8, 1.2),
+             "direction": 1}
+    other["root"] = (body["root"][0] + rng.uniform(0.32, 0.4) * size,
+                     body["root"][1] + rng.uniform(-0.03, 0.03) * size)
+    people.append(skeleton(PARTNER[name], phase + rng.uniform(-0.3, 0.3), u, other))
   jitter = np.cumsum(rng.normal(0, 0.6, (num_frames, 2)), axis=0)
-  joints = joints + jitter[:, None]
+  people = [p + jitter[:, None] for p in people]
+  joints = people[0]
 
   # Background: gradient + clutter lines, rendered larger and cropped with the camera jitter.
   big = size + 16
@@ -159,13 +186,14 @@ def render_clip(label: int, rng: np.random.Generator, num_frames: int = 32, size
     ox, oy = np.clip(np.rint(8 + jitter[i]).astype(int), 0, 16)
     frames[i] = bg[oy:oy + size, ox:ox + size]
 
-  figure = np.clip(bg.mean((0, 1)) + rng.choice([-1, 1]) * rng.uniform(35, 60), 0, 255)
   t = np.linspace(0, 1, 12)[None, None, :, None]
   bones = np.array(COCO17_BONES)
-  a, b = joints[:, bones[:, 0]][:, :, None], joints[:, bones[:, 1]][:, :, None]
-  seg = (a + (b - a) * t).reshape(num_frames, -1, 2)
-  _draw_points(frames, seg, figure, radius=0)
-  _draw_points(frames, joints[:, :1], figure, radius=2)
+  for person in people:
+    figure = np.clip(bg.mean((0, 1)) + rng.choice([-1, 1]) * rng.uniform(35, 60), 0, 255)
+    a, b = person[:, bones[:, 0]][:, :, None], person[:, bones[:, 1]][:, :, None]
+    seg = (a + (b - a) * t).reshape(num_frames, -1, 2)
+    _draw_points(frames, seg, figure, radius=0)
+    _draw_points(frames, person[:, :1], figure, radius=2)
 
   flag = None
   if name == "wave_red_flag":
@@ -180,9 +208,10 @@ def render_clip(label: int, rng: np.random.Generator, num_frames: int = 32, size
     _draw_points(frames, flag_pts, FLAG_COLOURS[flag], radius=3)
 
   frames = np.clip(frames + rng.normal(0, 4, frames.shape), 0, 255).astype(np.uint8)
-  kp = joints + rng.normal(0, 0.6, joints.shape)
-  scores = rng.uniform(0.6, 1.0, joints.shape[:2])
-  drop = rng.random(joints.shape[:2]) < 0.05
+  people = np.stack(people)                                               # (M, F, 17, 2)
+  kp = people + rng.normal(0, 0.6, people.shape)
+  scores = rng.uniform(0.6, 1.0, people.shape[:3])
+  drop = rng.random(people.shape[:3]) < 0.05
   scores[drop] = 0.0
   kp[drop] = 0.0
   return frames, kp.astype(np.float32), scores.astype(np.float32)
@@ -245,8 +274,9 @@ def save_preview(path: str, frames_per_clip: int = 6) -> None:
     for k, ax in enumerate(row):
       i = k * frames.shape[0] // frames_per_clip
       ax.imshow(frames[i])
-      ok = scores[i] > 0
-      ax.scatter(kp[i, ok, 0], kp[i, ok, 1], s=3, c="lime")
+      for m, colour in zip(range(len(kp)), ("lime", "magenta")):
+        ok = scores[m, i] > 0
+        ax.scatter(kp[m, i, ok, 0], kp[m, i, ok, 1], s=3, c=colour)
       ax.set_xticks([]), ax.set_yticks([])
       if k == 0:
         ax.set_ylabel(CLASSES[label], fontsize=6)

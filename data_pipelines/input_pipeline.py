@@ -4,8 +4,10 @@ Per example: choose ``T`` frame indices by uniform temporal sampling (train: a r
 each of ``T`` equal segments; eval: ``num_clips`` evenly offset clips), decode only those JPEGs,
 crop (train: random square of ``crop_scale`` x the short side; eval: centre square), resize to
 ``image_size``, horizontally flip with probability 1/2 in training (which also negates ``x`` and
-swaps left/right joints), and normalize. Keypoints come out as ``(T, J, 3)`` = ``(x, y, score)``
-with ``x, y`` in ``[-1, 1]`` relative to the crop (``align_corners=False`` convention); joints with
+swaps left/right joints of every person), and normalize. Keypoints come out as ``(T, J, 3)`` =
+``(x, y, score)`` (``max_persons=1``: the record's first person) or ``(P, T, J, 3)`` for
+``max_persons=P > 1`` (the record's first ``P`` persons, padded with all-zero persons), with
+``x, y`` in ``[-1, 1]`` relative to the crop (``align_corners=False`` convention); joints with
 score 0 are set to ``(0, 0, 0)``.
 
 Randomness is stateless, keyed by ``(seed, example position)``, so the stream is identical for
@@ -59,7 +61,7 @@ def frame_indices(num_available, num_frames: int, offsets):
 
 
 def _process(example, index, *, num_frames, image_size, num_joints, train, num_clips, seed,
-             flip_perm, crop_scale, num_classes=None):
+             flip_perm, crop_scale, num_classes=None, max_persons=1):
   ex = tf.io.parse_single_example(example, _FEATURES)
   jpegs = tf.sparse.to_dense(ex["video/frames"])
   n = tf.shape(jpegs)[0]
@@ -67,11 +69,15 @@ def _process(example, index, *, num_frames, image_size, num_joints, train, num_c
   w = tf.cast(ex["video/width"], tf.int32)
   kp = tf.sparse.to_dense(ex["pose/keypoints"])
   sc = tf.sparse.to_dense(ex["pose/scores"])
+  m = tf.cast(ex["pose/num_persons"], tf.int32)
   checks = [
       tf.debugging.assert_equal(ex["pose/num_joints"], tf.cast(num_joints, tf.int64), message=(
           f"pose/num_joints does not match the config's num_joints={num_joints}")),
-      tf.debugging.assert_equal(tf.size(kp), n * num_joints * 2, message=(
-          "pose/keypoints must hold video/frames x num_joints x 2 values")),
+      tf.debugging.assert_positive(m, message="pose/num_persons must be >= 1"),
+      tf.debugging.assert_equal(tf.size(kp), m * n * num_joints * 2, message=(
+          "pose/keypoints must hold pose/num_persons x video/frames x num_joints x 2 values")),
+      tf.debugging.assert_equal(tf.size(sc), m * n * num_joints, message=(
+          "pose/scores must hold pose/num_persons x video/frames x num_joints values")),
       tf.debugging.assert_all_finite(kp, "pose/keypoints contains NaN or inf")]
   if num_classes is not None:
     checks += [tf.debugging.assert_less(ex["label"], tf.cast(num_classes, tf.int64), message=(
@@ -79,8 +85,13 @@ def _process(example, index, *, num_frames, image_size, num_joints, train, num_c
                tf.debugging.assert_non_negative(ex["label"], message="label is negative")]
   with tf.control_dependencies(checks):  # checks first: a reshape error would hide the cause
     kp, sc = tf.identity(kp), tf.identity(sc)
-  kp = tf.reshape(kp, [n, num_joints, 2])
-  sc = tf.reshape(sc, [n, num_joints])
+  # The first max_persons persons (converters store them most relevant first), padded with
+  # absent (all-zero) persons.
+  kp = tf.reshape(kp, [m, n, num_joints, 2])[:max_persons]
+  sc = tf.reshape(sc, [m, n, num_joints])[:max_persons]
+  pad = max_persons - tf.shape(kp)[0]
+  kp = tf.pad(kp, [[0, pad], [0, 0], [0, 0], [0, 0]])
+  sc = tf.pad(sc, [[0, pad], [0, 0], [0, 0]])
   key = tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)])
   rand = lambda shape, k: tf.random.stateless_uniform(shape, seed=key + [0, k * 1_000_003])
 
@@ -95,8 +106,8 @@ def _process(example, index, *, num_frames, image_size, num_joints, train, num_c
   frames = tf.map_fn(lambda s: tf.io.decode_jpeg(s, channels=3), tf.gather(jpegs, flat),
                      fn_output_signature=tf.uint8)
   frames = tf.ensure_shape(frames, [None, None, None, 3])
-  kp = tf.gather(kp, flat)
-  sc = tf.gather(sc, flat)
+  kp = tf.gather(kp, flat, axis=1)                                       # (P, K * T, J, 2)
+  sc = tf.gather(sc, flat, axis=1)
 
   short = tf.minimum(h, w)
   if train:
@@ -118,14 +129,15 @@ def _process(example, index, *, num_frames, image_size, num_joints, train, num_c
     frames = tf.where(flip, tf.reverse(frames, axis=[2]), frames)
     x = tf.where(flip, -x, x)
     perm = tf.constant(flip_perm, tf.int32)
-    x = tf.where(flip, tf.gather(x, perm, axis=1), x)
-    y = tf.where(flip, tf.gather(y, perm, axis=1), y)
-    sc = tf.where(flip, tf.gather(sc, perm, axis=1), sc)
+    x = tf.where(flip, tf.gather(x, perm, axis=2), x)
+    y = tf.where(flip, tf.gather(y, perm, axis=2), y)
+    sc = tf.where(flip, tf.gather(sc, perm, axis=2), sc)
   present = tf.cast(sc > 0, tf.float32)
   keypoints = tf.stack([x * present, y * present, sc], axis=-1)
   frames = (frames - MEAN) / STD
   frames = tf.reshape(frames, [k, num_frames, image_size, image_size, 3])
-  keypoints = tf.reshape(keypoints, [k, num_frames, num_joints, 3])
+  keypoints = tf.reshape(keypoints, [max_persons, k, num_frames, num_joints, 3])
+  keypoints = keypoints[0] if max_persons == 1 else tf.transpose(keypoints, [1, 0, 2, 3, 4])
   if train:
     frames, keypoints = frames[0], keypoints[0]
   return {"frames": frames, "keypoints": keypoints,
@@ -236,14 +248,16 @@ def make_dataset(data_dir: str, split: str, *, num_frames: int, image_size: int,
                  flip_perm: Optional[Sequence[int]] = None, crop_scale=(0.7, 1.0),
                  process_index: int = 0, process_count: int = 1, shuffle_buffer: int = 1024,
                  cache: bool = True, start_position: int = 0,
-                 num_classes: Optional[int] = None) -> tf.data.Dataset:
+                 num_classes: Optional[int] = None, max_persons: int = 1) -> tf.data.Dataset:
   """Batched ``tf.data.Dataset`` for one process.
 
   ``batch_size`` is the per-process batch. Training data repeat forever; the stream is a pure
   function of ``(seed, position)``, and ``start_position`` (= step x per-process batch) starts it
   where an uninterrupted run would be at that step (exact resume). Evaluation data is finite,
-  unshuffled, and its last batch may be smaller.
+  unshuffled, and its last batch may be smaller. ``max_persons``: see the module docstring.
   """
+  if max_persons < 1:
+    raise ValueError(f"make_dataset: max_persons must be >= 1, got {max_persons}")
   files = split_files(data_dir, split)
   if flip_perm is None:
     flip_perm = list(range(num_joints))
@@ -261,7 +275,7 @@ def make_dataset(data_dir: str, split: str, *, num_frames: int, image_size: int,
   fn = lambda i, ex: _process(ex, i, num_frames=num_frames, image_size=image_size,
                               num_joints=num_joints, train=train, num_clips=num_clips,
                               seed=seed, flip_perm=list(flip_perm), crop_scale=crop_scale,
-                              num_classes=num_classes)
+                              num_classes=num_classes, max_persons=max_persons)
   ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(batch_size, drop_remainder=train)
   return ds.prefetch(tf.data.AUTOTUNE)

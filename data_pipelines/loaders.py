@@ -18,7 +18,8 @@ def _common(config):
   return dict(num_frames=config.num_frames, image_size=config.image_size,
               num_joints=len(LAYOUTS[layout]), batch_size=config.batch_size // pc,
               process_index=jax.process_index(), process_count=pc,
-              cache=config.dataset.cache, num_classes=config.model.num_classes), \
+              cache=config.dataset.cache, num_classes=config.model.num_classes,
+              max_persons=config.dataset.get("max_persons", 1)), \
       flip_permutation(LAYOUTS[layout])
 
 
@@ -41,8 +42,8 @@ def eval_iter(config, split: str = None):
 
 
 def input_shapes(config) -> dict:
-  """Per-clip shapes ``{"frames": (T, H, W, 3), "keypoints": (T, J, D)}`` from the training
-  split's element spec (nothing is read), for building a model without a batch at hand."""
+  """Per-clip shapes ``{"frames": (T, H, W, 3), "keypoints": (T, J, D) or (P, T, J, D)}`` from
+  the training split's element spec (nothing is read), for building a model without a batch at hand."""
   kw, _ = _common(config)
   ds = input_pipeline.make_dataset(config.dataset.data_dir, config.dataset.train_split,
                                    train=False, num_clips=1, **kw)   # (B, K=1, ...)

@@ -1,9 +1,11 @@
 """The one TFRecord schema every dataset is written in (``SCHEMA``), and its sharded, atomic writer.
 
 One ``tf.train.Example`` per video, with the fields of ``SCHEMA``: ``video/frames`` (JPEG bytes
-per frame), ``video/height``, ``video/width``, ``pose/keypoints`` (F x J x 2 floats, pixels),
-``pose/scores`` (F x J), ``pose/num_joints``, ``label`` and ``id``. Our writer, the TFDS
-builders' features and the input pipeline's parse spec are all built from ``SCHEMA``.
+per frame), ``video/height``, ``video/width``, ``pose/keypoints`` (M x F x J x 2 floats, pixels:
+``M`` persons one after another), ``pose/scores`` (M x F x J), ``pose/num_joints``,
+``pose/num_persons`` (``M``), ``label`` and ``id``. Our writer, the TFDS builders' features and
+the input pipeline's parse spec are all built from ``SCHEMA``. Records of schema version 1 have
+no ``pose/num_persons``; they are read as one person (``DEFAULTS``).
 
 A split is written as ``{split}-{i:05d}-of-{n:05d}.tfrecord`` shards plus ``{split}.json``
 (counts, skipped samples with reasons). Each shard is written to a temporary name and renamed
@@ -19,17 +21,23 @@ from typing import Iterable, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: several persons (pose/num_persons)
 
 
 @dataclasses.dataclass
 class Sample:
-  """One video: frames (F, H, W, 3) uint8, keypoints (F, J, 2) pixels, scores (F, J)."""
+  """One video: frames (F, H, W, 3) uint8, keypoints (M, F, J, 2) pixels and scores (M, F, J) of
+  ``M >= 1`` persons (``(F, J, 2)`` / ``(F, J)``: one person)."""
   frames: np.ndarray
   keypoints: np.ndarray
   scores: np.ndarray
   label: int
   id: str
+
+  def persons(self):
+    """``(keypoints (M, F, J, 2), scores (M, F, J))``."""
+    kp, sc = np.asarray(self.keypoints), np.asarray(self.scores)
+    return (kp[None], sc[None]) if kp.ndim == 3 else (kp, sc)
 
 
 class InvalidSample(ValueError):
@@ -43,16 +51,18 @@ def validate(sample: Sample, num_classes: int, num_joints: int) -> None:
   n = f.shape[0]
   if n == 0:
     raise InvalidSample(f"{sample.id}: frames: clip has no frames")
-  if sample.keypoints.shape != (n, num_joints, 2):
-    raise InvalidSample(f"{sample.id}: keypoints must be (F, J, 2) = ({n}, {num_joints}, 2), got "
-                        f"{sample.keypoints.shape}")
-  if sample.scores.shape != (n, num_joints):
-    raise InvalidSample(f"{sample.id}: scores must be (F, J) = ({n}, {num_joints}), got "
-                        f"{sample.scores.shape}")
+  kp, sc = sample.persons()
+  m = kp.shape[0] if kp.ndim == 4 else -1
+  if kp.ndim != 4 or m < 1 or kp.shape[1:] != (n, num_joints, 2):
+    raise InvalidSample(f"{sample.id}: keypoints must be (M, F, J, 2) = (M >= 1, {n}, "
+                        f"{num_joints}, 2), got {np.shape(sample.keypoints)}")
+  if sc.shape != (m, n, num_joints):
+    raise InvalidSample(f"{sample.id}: scores must be (M, F, J) = ({m}, {n}, {num_joints}), got "
+                        f"{np.shape(sample.scores)}")
   if not (0 <= sample.label < num_classes):
     raise InvalidSample(f"{sample.id}: label {sample.label} outside the class list "
                         f"[0, {num_classes})")
-  if not np.all(np.isfinite(sample.keypoints)):
+  if not np.all(np.isfinite(kp)):
     raise InvalidSample(f"{sample.id}: keypoints contain NaN or inf")
 
 
@@ -62,27 +72,33 @@ def encode_jpeg(frame: np.ndarray, quality: int = 92) -> bytes:
 
 # The schema, once: (key, kind, shape, meaning). The writer (``to_example``), the TFDS features
 # (``tfds_features``, ``tfds_example``) and the parse spec (``parse_spec``) are built from it;
-# ``values`` is the one place that maps a ``Sample`` to the fields. Shapes: F frames, J joints.
+# ``values`` is the one place that maps a ``Sample`` to the fields. Shapes: F frames, J joints,
+# M persons ("MF": M x F rows, person after person).
 SCHEMA = (
     ("video/frames", "jpegs", ("F",), "JPEG-encoded RGB frames"),
     ("video/height", "int", (), "frame height in pixels"),
     ("video/width", "int", (), "frame width in pixels"),
-    ("pose/keypoints", "floats", ("F", "J", 2), "(x, y) in pixels of the stored frames"),
-    ("pose/scores", "floats", ("F", "J"), "confidence in [0, 1]; 0 marks a missing joint"),
+    ("pose/keypoints", "floats", ("MF", "J", 2), "(x, y) in pixels of the stored frames"),
+    ("pose/scores", "floats", ("MF", "J"), "confidence in [0, 1]; 0 marks a missing joint or, "
+     "for all of a person's joints, a padding person"),
     ("pose/num_joints", "int", (), "J"),
+    ("pose/num_persons", "int", (), "M"),
     ("label", "label", (), "class index into the dataset's classes.txt"),
     ("id", "text", (), "source identifier (file name)"),
 )
+# Values of fields that older records lack (schema version 1: one person).
+DEFAULTS = {"pose/num_persons": 1}
 
 
 def values(sample: Sample, jpeg_quality: int = 92) -> dict:
   """``{key: value}`` of every ``SCHEMA`` field for ``sample`` (JPEG bytes, ints, float arrays)."""
   f = sample.frames
+  kp, sc = sample.persons()
   out = {"video/frames": [encode_jpeg(x, jpeg_quality) for x in f],
          "video/height": int(f.shape[1]), "video/width": int(f.shape[2]),
-         "pose/keypoints": sample.keypoints.astype(np.float32),
-         "pose/scores": sample.scores.astype(np.float32),
-         "pose/num_joints": int(sample.keypoints.shape[1]),
+         "pose/keypoints": kp.reshape((-1,) + kp.shape[2:]).astype(np.float32),
+         "pose/scores": sc.reshape((-1,) + sc.shape[2:]).astype(np.float32),
+         "pose/num_joints": int(kp.shape[2]), "pose/num_persons": int(kp.shape[0]),
          "label": int(sample.label), "id": sample.id}
   assert list(out) == [k for k, *_ in SCHEMA]
   return out
@@ -109,7 +125,10 @@ def parse_spec() -> dict:
           "int": tf.io.FixedLenFeature([], tf.int64),
           "label": tf.io.FixedLenFeature([], tf.int64),
           "text": tf.io.FixedLenFeature([], tf.string)}
-  return {key: spec[kind] for key, kind, _, _ in SCHEMA}
+  out = {key: spec[kind] for key, kind, _, _ in SCHEMA}
+  for key, value in DEFAULTS.items():
+    out[key] = tf.io.FixedLenFeature([], tf.int64, default_value=value)
+  return out
 
 
 def _nest(flat: dict) -> dict:
@@ -127,7 +146,7 @@ def _nest(flat: dict) -> dict:
 def tfds_features(classes, num_joints: int):
   """The schema as ``tfds.features.FeaturesDict`` (``classes``: names, or a count)."""
   import tensorflow_datasets as tfds
-  dims = {"F": None, "J": num_joints}
+  dims = {"F": None, "MF": None, "J": num_joints}
   label = (tfds.features.ClassLabel(num_classes=classes) if isinstance(classes, int)
            else tfds.features.ClassLabel(names=classes))
   make = {

@@ -3,7 +3,7 @@
   python launch/build_dataset.py --dataset ntu_rgbd/ntu60_xsub --manual_dir /data/ntu \
       --data_dir data/tfds --workers 16
 
-Writes ``DATA_DIR/<builder>/<config>/1.0.0/`` (shards, dataset_info.json, class names,
+Writes ``DATA_DIR/<builder>/<config>/1.1.0/`` (shards, dataset_info.json, class names,
 ``{split}-skipped.json``); point ``config.dataset.data_dir`` there. ``--workers`` > 1 runs Beam's
 DirectRunner with that many processes; any other runner takes ``--beam_options``. Records do not
 depend on the runner or the worker count. A build that stops leaves only a temporary folder, so

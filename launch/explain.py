@@ -67,7 +67,8 @@ def load_clips(config, split, positions):
   ds = input_pipeline.make_dataset(
       config.dataset.data_dir, split, num_frames=config.num_frames,
       image_size=config.image_size, num_joints=len(LAYOUTS[config.dataset.joint_layout]),
-      batch_size=64, train=False, num_clips=1, cache=False)
+      batch_size=64, train=False, num_clips=1, cache=False,
+      max_persons=config.dataset.get("max_persons", 1))
   want, got, pos = set(positions), {}, 0
   for batch in input_pipeline.iterate(ds, source=(config.dataset.data_dir, split)):
     for i in range(len(batch["label"])):
@@ -149,25 +150,29 @@ def main(argv):
   lifts = {}
   for i, pos in enumerate(positions):
     blocks = [int(b) for b in _BLOCKS.value] if _BLOCKS.value else None
+    # Several persons: their joints side by side ("p2:left_wrist"), every person's bones.
+    kp, names, bones, present = explain.person_joints(keypoints[i], LAYOUTS[layout],
+                                                      BONES[layout])
     e = explain.explain_clip(maps, tr.model, i, blocks=blocks, num_frames=config.num_frames,
-                             joint_names=LAYOUTS[layout], logits=logits, class_names=classes)
+                             joint_names=names, logits=logits, class_names=classes,
+                             present=present if len(present) > 1 else None)
     e.update(clip=pos, id=ids[i], label=int(labels[i]), label_name=classes[labels[i]],
              checkpoint_step=int(step), split=split)
     stem = f"clip{pos:05d}"
     pred = e["prediction"][0]
     title = (f"{ids[i]}: true {classes[labels[i]]}, predicted {pred['name']} "
              f"({pred['prob']:.2f})")
-    explain.save_all(out, stem, pixels[i], keypoints[i], e, BONES[layout], title=title)
+    explain.save_all(out, stem, pixels[i], kp, e, bones, title=title)
     with open(os.path.join(out, f"{stem}.json"), "w") as fh:
       json.dump(e, fh)
     lifts.setdefault(int(labels[i]), []).append(e["joint_lift"])
     top = np.argsort(e["joint_lift"])[::-1][:3]
     print(f"{stem} ({classes[labels[i]]} -> {pred['name']} {pred['prob']:.2f}): most attended "
-          f"joints " + ", ".join(f"{LAYOUTS[layout][j]} x{e['joint_lift'][j]:.2f}" for j in top),
+          f"joints " + ", ".join(f"{names[j]} x{e['joint_lift'][j]:.2f}" for j in top),
           flush=True)
-  plot_summary(os.path.join(out, "summary.png"), lifts, LAYOUTS[layout], classes)
+  plot_summary(os.path.join(out, "summary.png"), lifts, names, classes)
   with open(os.path.join(out, "summary.json"), "w") as fh:
-    json.dump({"checkpoint_step": int(step), "split": split, "joint_names": list(LAYOUTS[layout]),
+    json.dump({"checkpoint_step": int(step), "split": split, "joint_names": names,
                "mean_joint_lift": {classes[c]: np.mean(v, axis=0).tolist()
                                    for c, v in lifts.items()}}, fh, indent=1)
   print(f"step {step}: explained {len(positions)} clips of {split} -> {out}", flush=True)

@@ -51,7 +51,8 @@ def main(mode, data, workdir, *rest):
           seed=config.seed, flip_perm=flip_permutation(COCO17),
           crop_scale=tuple(config.dataset.crop_scale), process_index=i, process_count=2,
           shuffle_buffer=config.dataset.shuffle_buffer, cache=config.dataset.cache,
-          start_position=start * config.batch_size // 2, num_classes=config.model.num_classes))
+          start_position=start * config.batch_size // 2, num_classes=config.model.num_classes,
+          max_persons=config.dataset.max_persons))
           for i in range(2)]
       while True:
         parts = [next(it) for it in its]

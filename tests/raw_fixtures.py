@@ -60,9 +60,15 @@ def write_skeleton(path, bodies, num_frames, present, trailing_newline=True):
     fh.write("\r\n".join(lines) + ("\r\n" if trailing_newline else ""))
 
 
-def ntu_sample(rng, root, name, num_frames=12, video_hw=(54, 96), two_bodies=True):
-  """An NTU sample: ``.skeleton`` with a main body (present in frames 0..F-3, so the last two
-  frames are missing) and, optionally, a second short-lived body; a matching ``_rgb.avi``."""
+def ntu_sample(rng, root, name, num_frames=12, video_hw=(54, 96), bodies=2):
+  """An NTU sample: ``.skeleton`` with up to three bodies and a matching ``_rgb.avi``.
+
+  Body 1, the main one, moves most and is present in frames 0..F-3 (the last two frames are
+  missing); body 2 moves half as much and is seen in frames 1-3 only; body 3 stands still from
+  frame 2 on, fully tracked (the largest total score, the least motion: a "most active" rule
+  drops it, a "largest score" rule would keep it). The bodies appear in this order. ``bodies=0`` writes frames with nobody.
+  Returns the main body's numbers and ``persons``: each body's ``color`` and ``scores``, most
+  active first (the order the converter keeps them in)."""
   os.makedirs(os.path.join(root, "skeletons"), exist_ok=True)
   os.makedirs(os.path.join(root, "videos"), exist_ok=True)
   sx, sy = 1920 / video_hw[1], 1080 / video_hw[0]
@@ -71,17 +77,23 @@ def ntu_sample(rng, root, name, num_frames=12, video_hw=(54, 96), two_bodies=Tru
   color = np.round(color, 4)
   xyz = rng.normal(0, 1, (num_frames, 25, 3))
   tracking = rng.choice([2, 2, 2, 1, 0], (num_frames, 25))
-  bodies = [(72057594037931101, color, xyz, tracking)]
-  present = [set(range(num_frames - 2))]
-  if two_bodies:
-    bodies.append((72057594037931102, color[::-1] * 0.5, xyz, np.full_like(tracking, 2)))
-    present.append({1, 2, 3})
-  write_skeleton(os.path.join(root, "skeletons", name + ".skeleton"), bodies, num_frames, present)
+  still = np.round(np.broadcast_to(color[0] * 0.9 + 20, color.shape), 4)
+  table = [(72057594037931101, color, xyz, tracking, set(range(num_frames - 2))),
+           (72057594037931102, np.round(color[::-1] * 0.5, 4), xyz, np.full_like(tracking, 2),
+            {1, 2, 3}),
+           (72057594037931103, still, xyz, np.full_like(tracking, 2), set(range(2, num_frames)))]
+  table = table[:bodies]
+  write_skeleton(os.path.join(root, "skeletons", name + ".skeleton"),
+                 [t[:4] for t in table], num_frames, [t[4] for t in table])
   video = frames(rng, num_frames, *video_hw)
   write_video(os.path.join(root, "videos", name + "_rgb.avi"), video, fps=30)
-  main_scores = ntu.tracking_scores(tracking)
-  main_scores[num_frames - 2:] = 0
-  return {"color": color.astype(np.float32), "scores": main_scores, "video": video,
+  persons = []
+  for _, c, _, tr, seen in table:
+    sc = ntu.tracking_scores(tr)
+    sc[[f for f in range(num_frames) if f not in seen]] = 0
+    persons.append({"color": c.astype(np.float32), "scores": sc})
+  main = persons[0] if persons else {"color": None, "scores": None}
+  return {"color": main["color"], "scores": main["scores"], "persons": persons, "video": video,
           "label": ntu.parse_name(name).label, "video_hw": video_hw}
 
 
@@ -106,9 +118,11 @@ def penn_sample(rng, root, stem, action, train, n=10, hw=(40, 52)):
 
 
 def pyskl_annotation(rng, frame_dir, label, total_frames, img_shape, num_persons=2):
+  """pyskl's annotation of ``num_persons`` (0 = nobody found); person ``m``'s scores are scaled
+  by ``0.5 ** m``, so the persons are in order of total score."""
   kp = rng.uniform(0, 1, (num_persons, total_frames, 17, 2)) * np.array(img_shape[::-1])
   sc = rng.uniform(0.3, 1.0, (num_persons, total_frames, 17))
-  sc[1:] *= 0.5  # person 0 is the main person (largest total score)
+  sc *= 0.5 ** np.arange(num_persons)[:, None, None]
   return {"frame_dir": frame_dir, "label": label, "img_shape": tuple(img_shape),
           "original_shape": tuple(img_shape), "total_frames": total_frames,
           "keypoint": kp.astype(np.float16).astype(np.float32), "keypoint_score":

@@ -29,11 +29,12 @@ def read_records(data_dir, split):
     for r in tf.data.TFRecordDataset(f):
       ex = tf.train.Example.FromString(r.numpy()).features.feature
       j = ex["pose/num_joints"].int64_list.value[0]
+      m = ex["pose/num_persons"].int64_list.value[0]
       frames = np.stack([tf.io.decode_jpeg(b).numpy() for b in ex["video/frames"].bytes_list.value])
       out[ex["id"].bytes_list.value[0].decode()] = {
           "frames": frames, "label": ex["label"].int64_list.value[0],
-          "keypoints": np.array(ex["pose/keypoints"].float_list.value).reshape(-1, j, 2),
-          "scores": np.array(ex["pose/scores"].float_list.value).reshape(-1, j),
+          "keypoints": np.array(ex["pose/keypoints"].float_list.value).reshape(m, -1, j, 2),
+          "scores": np.array(ex["pose/scores"].float_list.value).reshape(m, -1, j),
           "hw": (ex["video/height"].int64_list.value[0], ex["video/width"].int64_list.value[0])}
   return out
 
@@ -51,20 +52,36 @@ def frame_error(a, b):
 
 # ---------------------------------------------------------------- raw readers
 
-def test_read_skeleton_two_bodies_and_missing_frames(rng, tmp_path):
-  src = fx.ntu_sample(rng, str(tmp_path), "S001C001P001R001A050")
+def test_read_skeleton_three_bodies_and_missing_frames(rng, tmp_path):
+  src = fx.ntu_sample(rng, str(tmp_path), "S001C001P001R001A050", bodies=3)
   t = ntu.read_skeleton(str(tmp_path / "skeletons" / "S001C001P001R001A050.skeleton"))
-  assert t["color"].shape == (2, 12, 25, 2) and t["xyz"].shape == (2, 12, 25, 3)
+  assert t["color"].shape == (3, 12, 25, 2) and t["xyz"].shape == (3, 12, 25, 3)
   np.testing.assert_allclose(t["color"][0, :10], src["color"][:10], rtol=0, atol=1e-3)
   assert np.all(t["tracking"][0, 10:] == 0)  # the two missing frames
   assert np.all(t["tracking"][1, [0, 4, 5]] == 0) and np.all(t["tracking"][1, 1:4] == 2)
   scores = ntu.tracking_scores(t["tracking"])
-  np.testing.assert_array_equal(scores[0], src["scores"])
-  assert common.select_person(t["color"], scores) == 0
+  for m, person in enumerate(src["persons"]):
+    np.testing.assert_array_equal(scores[m], person["scores"])
+  # The still third body has the largest total score and no motion: ranked last by activity
+  # (the NTU rule), first by score (the pose-estimator rule).
+  np.testing.assert_array_equal(common.rank_persons(t["color"], scores, "motion"), [0, 1, 2])
+  np.testing.assert_array_equal(common.rank_persons(t["color"], scores, "score"), [2, 0, 1])
+  kp, sc = common.select_persons(t["color"], scores, 2, "motion")
+  np.testing.assert_array_equal(kp, t["color"][:2])
+  np.testing.assert_array_equal(sc, scores[:2])
+  # A body never seen (all scores 0) is never kept; nobody at all is an error naming the source.
+  sc0 = scores.copy()
+  sc0[1] = 0
+  np.testing.assert_array_equal(common.rank_persons(t["color"], sc0, "motion"), [0, 2])
+  with pytest.raises(RawFormatError, match="x.skeleton: no person: 3 person"):
+    common.select_persons(t["color"], 0 * scores, 2, "motion", source="x.skeleton")
+  fx.ntu_sample(rng, str(tmp_path), "S001C001P001R001A051", bodies=0)
+  with pytest.raises(RawFormatError, match=r"A051\.skeleton: no body in any of its 12 frames"):
+    ntu.read_skeleton(str(tmp_path / "skeletons" / "S001C001P001R001A051.skeleton"))
 
 
 def test_skeleton_corrupt_files_name_file_and_field(rng, tmp_path):
-  fx.ntu_sample(rng, str(tmp_path), "S001C001P001R001A001", two_bodies=False)
+  fx.ntu_sample(rng, str(tmp_path), "S001C001P001R001A001", bodies=1)
   path = tmp_path / "skeletons" / "S001C001P001R001A001.skeleton"
   lines = path.read_text().splitlines()
   (tmp_path / "trunc.skeleton").write_text("\n".join(lines[:100]))
@@ -114,16 +131,25 @@ def test_penn_mat_reads_source_numbers_and_rejects_bad_fields(rng, tmp_path):
     penn.read_label(str(tmp_path / "junk.mat"))
 
 
-def test_pyskl_main_person_and_bad_fields(rng):
-  a = fx.pyskl_annotation(rng, "clip", 3, 7, (40, 60))
-  kp, sc = pyskl.main_person(a, 17)
-  np.testing.assert_array_equal(kp, a["keypoint"][0])
-  np.testing.assert_array_equal(sc, a["keypoint_score"][0])
+def test_pyskl_persons_by_score_and_bad_fields(rng):
+  for m in (1, 2, 3):
+    a = fx.pyskl_annotation(rng, "clip", 3, 7, (40, 60), num_persons=m)
+    for max_persons in (1, 2):
+      kp, sc = pyskl.persons(a, 17, max_persons)
+      keep = min(m, max_persons)
+      np.testing.assert_array_equal(kp, a["keypoint"][:keep])  # highest total score first
+      np.testing.assert_array_equal(sc, a["keypoint_score"][:keep])
+  a = fx.pyskl_annotation(rng, "clip", 3, 7, (40, 60), num_persons=3)
+  a["keypoint_score"] = a["keypoint_score"][::-1].copy()       # now person 2 scores highest
+  np.testing.assert_array_equal(pyskl.persons(a, 17, 2)[0], a["keypoint"][[2, 1]])
+  with pytest.raises(RawFormatError, match=r"p\.pkl: clip: no person \(field 'keypoint' has M = 0"):
+    pyskl.persons(fx.pyskl_annotation(rng, "clip", 3, 7, (40, 60), num_persons=0), 17,
+                  source="p.pkl")
   with pytest.raises(RawFormatError, match=r"p\.pkl: clip: field 'keypoint' must be"):
-    pyskl.main_person(a, 25, source="p.pkl")
+    pyskl.persons(a, 25, source="p.pkl")
   a["keypoint"][0, 2, 3, 0] = np.nan
   with pytest.raises(RawFormatError, match="NaN"):
-    pyskl.main_person(a, 17)
+    pyskl.persons(a, 17)
 
 
 def test_finegym_windows_and_lists(rng, tmp_path):
@@ -174,11 +200,13 @@ def raw(tmp_path_factory):
   rng = np.random.default_rng(1234)
   root = tmp_path_factory.mktemp("raw")
   d = {}
-  # NTU (.skeleton + .avi): NTU60 and NTU120 samples, plus four corrupt ones.
+  # NTU (.skeleton + .avi): NTU60 and NTU120 samples with 1, 2 and 3 bodies, plus four corrupt
+  # ones and one where nobody is seen.
   n = str(root / "ntu")
-  d["ntu"] = {name: fx.ntu_sample(rng, n, name) for name in (
-      "S001C001P001R001A010", "S001C002P003R002A023", "S002C003P002R001A055",
-      "S018C001P045R001A094", "S019C002P046R001A120")}
+  bodies = {"S001C001P001R001A010": 1, "S001C002P003R002A023": 2, "S002C003P002R001A055": 3,
+            "S018C001P045R001A094": 2, "S019C002P046R001A120": 1}
+  d["ntu"] = {name: fx.ntu_sample(rng, n, name, bodies=b) for name, b in bodies.items()}
+  fx.ntu_sample(rng, n, "S001C001P001R001A005", bodies=0)
   sk = os.path.join(n, "skeletons")
   fx.ntu_sample(rng, n, "S001C001P001R001A002")
   lines = open(os.path.join(sk, "S001C001P001R001A002.skeleton")).read().splitlines()
@@ -188,12 +216,14 @@ def raw(tmp_path_factory):
   open(os.path.join(sk, "S001C001P001R001A003.skeleton"), "w").write("\n".join(lines))
   fx.ntu_sample(rng, n, "S001C001P001R001A004")
   open(os.path.join(n, "videos", "S001C001P001R001A004_rgb.avi"), "wb").write(os.urandom(3000))
-  # pyskl (NTU60 HRNet poses) with the NTU videos; one label outside the 60 classes.
+  # pyskl (NTU60 HRNet poses) with the NTU videos: 1, 3, 2 and 0 persons; one label outside the
+  # 60 classes, one unreadable video.
   anns, split = [], {"xsub_train": [], "xsub_val": [], "xview_train": [], "xview_val": []}
-  for name in ("S001C001P001R001A010", "S001C002P003R002A023", "S002C003P002R001A055",
-               "S001C001P001R001A004"):
+  for name, persons in (("S001C001P001R001A010", 1), ("S001C002P003R002A023", 3),
+                        ("S002C003P002R001A055", 2), ("S001C001P001R001A004", 2),
+                        ("S001C001P001R001A005", 0)):
     label = 77 if name.endswith("A055") else ntu.parse_name(name).label
-    anns.append(fx.pyskl_annotation(rng, name, label, 12, (1080, 1920)))
+    anns.append(fx.pyskl_annotation(rng, name, label, 12, (1080, 1920), num_persons=persons))
     s = ntu.parse_name(name)
     split["xsub_" + ("train" if ntu.in_split(s, "xsub60", "train") else "val")].append(name)
   fx.write_pickle(os.path.join(n, "ntu60_hrnet.pkl"), split, anns)
@@ -233,14 +263,22 @@ def test_ntu_kinect_records_equal_source(raw, built):
   for name, rec in {**train, **test}.items():
     src = raw["ntu"][name]
     h, w = src["video_hw"]
-    want = common.scale_keypoints(src["color"], ntu.COLOR_HW, (h, w))
-    want[src["scores"] == 0] = 0
-    np.testing.assert_allclose(rec["keypoints"], want, rtol=0, atol=2e-3)
-    np.testing.assert_array_equal(rec["scores"], src["scores"])
+    # Up to two bodies, the most active first (the third, still body is dropped).
+    persons = src["persons"][:ntu.MAX_PERSONS]
+    assert rec["keypoints"].shape == (len(persons), 12, 25, 2)
+    for m, person in enumerate(persons):
+      want = common.scale_keypoints(person["color"], ntu.COLOR_HW, (h, w))
+      want[person["scores"] == 0] = 0
+      np.testing.assert_allclose(rec["keypoints"][m], want, rtol=0, atol=2e-3)
+      np.testing.assert_array_equal(rec["scores"][m], person["scores"])
     assert rec["label"] == src["label"] and rec["hw"] == (h, w)
     assert frame_error(rec["frames"], src["video"]) < 5.0
+  assert [len(train[k]["keypoints"]) for k in sorted(train)] == [1, 2]  # A010: 1, A055: 3 -> 2
   bad = skipped(built["ntu60"], "train")
-  assert set(bad) == {"S001C001P001R001A002", "S001C001P001R001A003", "S001C001P001R001A004"}
+  assert set(bad) == {"S001C001P001R001A002", "S001C001P001R001A003", "S001C001P001R001A004",
+                      "S001C001P001R001A005"}
+  assert "S001C001P001R001A005.skeleton: no body in any of its 12 frames" in \
+      bad["S001C001P001R001A005"]
   assert "S001C001P001R001A002.skeleton: truncated" in bad["S001C001P001R001A002"]
   assert "S001C001P001R001A003.skeleton:4: joint_count" in bad["S001C001P001R001A003"]
   assert "S001C001P001R001A004_rgb.avi: unreadable video" in bad["S001C001P001R001A004"]
@@ -263,13 +301,18 @@ def test_pyskl_records_equal_source(raw, built):
   for name, rec in {**train, **test}.items():
     a = raw["pyskl"][name]
     assert rec["hw"] == (32, 57)  # 54x96 video, short side 32
-    kp = common.scale_keypoints(a["keypoint"][0], (1080, 1920), (54, 96))
+    keep = min(len(a["keypoint"]), ntu.MAX_PERSONS)  # A010: 1 person; A023: 2 of its 3
+    assert rec["keypoints"].shape == (keep, 12, 17, 2)
+    kp = common.scale_keypoints(a["keypoint"][:keep], (1080, 1920), (54, 96))
     want = common.scale_keypoints(kp, (54, 96), (32, 57))
     np.testing.assert_allclose(rec["keypoints"], want, rtol=1e-5, atol=1e-3)
-    np.testing.assert_allclose(rec["scores"], a["keypoint_score"][0], rtol=1e-6)
+    np.testing.assert_allclose(rec["scores"], a["keypoint_score"][:keep], rtol=1e-6)
+  assert len(test["S001C002P003R002A023"]["keypoints"]) == 2
   bad = skipped(built["pyskl"], "train")
   assert "label 77 outside the class list [0, 60)" in bad["S002C003P002R001A055"]
   assert "unreadable video" in bad["S001C001P001R001A004"]
+  assert "S001C001P001R001A005: no person (field 'keypoint' has M = 0" in \
+      bad["S001C001P001R001A005"]
 
 
 def test_penn_records_equal_source(raw, built):
@@ -278,8 +321,8 @@ def test_penn_records_equal_source(raw, built):
   for stem, rec in {**train, **test}.items():
     src = raw["penn"][stem]
     want = np.stack([src["x"], src["y"]], -1) * (src["vis"] > 0)[..., None]
-    np.testing.assert_allclose(rec["keypoints"], want, rtol=1e-6, atol=1e-4)
-    np.testing.assert_array_equal(rec["scores"], src["vis"])
+    np.testing.assert_allclose(rec["keypoints"], want[None], rtol=1e-6, atol=1e-4)  # 1 person
+    np.testing.assert_array_equal(rec["scores"], src["vis"][None])
     assert frame_error(rec["frames"], src["video"]) < 3.0
   assert rec["label"] == penn.ACTIONS.index("bowl")
   assert "0003.mat: field 'visibility' must be (nframes, 13)" in skipped(built["penn"], "train")["0003"]
@@ -293,7 +336,8 @@ def test_finegym_records_equal_source(raw, built):
     for eid, label in src["lists"][split]:
       a, rec = src["anns"][eid], recs[eid]
       assert rec["label"] == label and len(rec["frames"]) == a["total_frames"]
-      np.testing.assert_allclose(rec["keypoints"], a["keypoint"][0], rtol=1e-5, atol=1e-3)
+      # The gymnast: of the annotation's two persons, the one with the larger total score.
+      np.testing.assert_allclose(rec["keypoints"], a["keypoint"][:1], rtol=1e-5, atol=1e-3)
   classes = records.read_classes(built["finegym"])
   assert len(classes) == 99 and classes[7] == "(VT) element number 7"
 

@@ -307,13 +307,16 @@ CONFIG_MODELS = config_models()
 def check_config_model(model_config, shapes, full_size=False, batch=2):
   """Plain vs fast model on random inputs: logits and every parameter gradient."""
   t, image_size = shapes["frames"][:2]
-  j = shapes["keypoints"][1]
+  persons, j = shapes["keypoints"][:-3], shapes["keypoints"][-2]  # (T, J, 3) or (P, T, J, 3)
   if image_size > 64 and not full_size:
     t, image_size, batch = 8, 64, 1
   rng = np.random.default_rng(0)
   frames = jnp.asarray(rng.standard_normal((batch, t, image_size, image_size, 3)), jnp.float32)
-  keypoints = rng.uniform(-1, 1, (batch, t, j, 3)).astype(np.float32)
-  keypoints[..., 2:] = np.abs(keypoints[..., 2:]) * (rng.random((batch, t, j, 1)) > 0.1)
+  shape = (batch,) + persons + (t, j)
+  keypoints = rng.uniform(-1, 1, shape + (3,)).astype(np.float32)
+  keypoints[..., 2:] = np.abs(keypoints[..., 2:]) * (rng.random(shape + (1,)) > 0.1)
+  if persons and batch > 1:
+    keypoints[1, 1:, ..., 2] = 0.0  # clip 1: its first person alone
   plain = build_model(dict(model_config, fast=False))
   fast = build_model(dict(model_config, fast=True))
   abstract = jax.eval_shape(plain.init, jax.random.key(0), frames, keypoints)["params"]

@@ -155,7 +155,7 @@ def test_all_configs_load_and_build():
     assert c.warmup_steps < c.total_steps, spec
     assert set(c) >= {"num_frames", "image_size", "dataset", "model"}, spec
   assert load("ntu:split=xset120,pose=kinect").dataset.data_dir.endswith(
-      "ntu_rgbd/ntu120_xset/1.0.0")
+      "ntu_rgbd/ntu120_xset/1.1.0")
   assert load("ntu:split=xset120,pose=kinect").dataset.joint_layout == "ntu25"
   assert load("embedded:pose_only").model.use_rgb is False  # a bare value sets the first key
   for bad, match in (("ntu:split=xsub", "split='xsub' is not one of"),
@@ -170,12 +170,14 @@ def test_input_shapes_agree_from_config_element_spec_and_batch(data_dir):
   """The three ways to get a model's input shapes give the same per-clip shapes: from the config
   alone (no TensorFlow), from the dataset's element spec, and from a real batch."""
   from configs.common import clip_shapes
-  config = tiny_config(data_dir)
-  want = {"frames": (4, 32, 32, 3), "keypoints": (4, 17, 3)}
-  assert clip_shapes(config) == want
-  assert loaders.input_shapes(config) == want
-  assert trainer.input_shapes(next(loaders.train_iter(config))) == want
-  assert trainer.input_shapes(next(loaders.eval_iter(config))) == want  # (B, K, ...) batches
+  for persons, keypoints in ((2, (2, 4, 17, 3)), (1, (4, 17, 3))):  # (P, T, J, 3) / (T, J, 3)
+    config = tiny_config(data_dir)
+    config.dataset.max_persons = persons
+    want = {"frames": (4, 32, 32, 3), "keypoints": keypoints}
+    assert clip_shapes(config) == want
+    assert loaders.input_shapes(config) == want
+    assert trainer.input_shapes(next(loaders.train_iter(config))) == want
+    assert trainer.input_shapes(next(loaders.eval_iter(config))) == want  # (B, K, ...) batches
 
 
 def test_restore_checkpoint_for_evaluation_names_missing_steps(data_dir, tmp_path):

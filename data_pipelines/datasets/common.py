@@ -75,35 +75,65 @@ def scale_keypoints(keypoints: np.ndarray, src_hw: Tuple[int, int],
 
 
 def align_length(keypoints: np.ndarray, scores: np.ndarray, num_frames: int):
-  """Pose sequences whose length differs from the video's are mapped to the video frames by
-  nearest relative time (frame ``i`` of ``F`` takes pose ``floor(i * P / F)``)."""
-  p = keypoints.shape[0]
+  """Pose sequences ``(M, P, J, 2)`` whose length ``P`` differs from the video's are mapped to
+  the video frames by nearest relative time (frame ``i`` of ``F`` takes pose
+  ``floor(i * P / F)``)."""
+  p = keypoints.shape[1]
   if p == num_frames:
     return keypoints, scores
   idx = np.minimum((np.arange(num_frames) * p) // num_frames, p - 1)
-  return keypoints[idx], scores[idx]
+  return keypoints[:, idx], scores[:, idx]
 
 
-def select_person(keypoints: np.ndarray, scores: np.ndarray) -> int:
-  """Main person of ``(M, T, J, 2)`` keypoints with ``(M, T, J)`` scores: the largest total
-  score (how long and how confidently they were seen), ties broken by the largest motion."""
-  total = scores.sum(axis=(1, 2))
+PERSON_RULES = ("score", "motion")
+
+
+def rank_persons(keypoints: np.ndarray, scores: np.ndarray, rule: str = "score") -> np.ndarray:
+  """Indices of the persons of ``(M, T, J, 2)`` keypoints with ``(M, T, J)`` scores, most
+  relevant first; persons never seen (all scores 0) are left out.
+
+  ``rule="score"`` (pose-estimator output such as pyskl's): the largest total score first (how
+  long and how confidently seen), ties broken by motion. ``rule="motion"`` (tracked Kinect
+  bodies, as the NTU skeleton literature ranks them): the most active first, activity being the
+  body's motion over the clip (the sum over its joints and over x and y of the variance in time
+  of the joint's seen positions; a false detection such as a coat on a chair does not move),
+  ties broken by total score."""
+  if rule not in PERSON_RULES:
+    raise ValueError(f"rank_persons: rule must be one of {PERSON_RULES}, got {rule!r}")
+  total = np.round(scores.sum(axis=(1, 2)), 4)
   present = scores > 0
   motion = np.zeros(len(total))
   for m in range(len(total)):
-    pts = keypoints[m][present[m]]
-    motion[m] = float(pts.std(axis=0).sum()) if len(pts) else 0.0
-  order = np.lexsort((-motion, -np.round(total, 4)))
-  return int(order[0])
+    for j in range(keypoints.shape[2]):
+      seen = keypoints[m, present[m, :, j], j]                            # (frames seen, 2)
+      motion[m] += float(seen.var(axis=0).sum()) if len(seen) > 1 else 0.0
+  order = np.lexsort((-motion, -total) if rule == "score" else (-total, -motion))
+  return order[total[order] > 0]
+
+
+def select_persons(keypoints: np.ndarray, scores: np.ndarray, max_persons: int,
+                   rule: str = "score", source: str = ""):
+  """The ``max_persons`` most relevant persons (``rank_persons``): ``(M', T, J, 2)`` keypoints
+  and ``(M', T, J)`` scores, ``1 <= M' <= max_persons``. A clip with nobody seen raises
+  ``RawFormatError`` (the build lists it as skipped)."""
+  order = rank_persons(keypoints, scores, rule)[:max_persons]
+  if len(order) == 0:
+    raise RawFormatError(f"{source}: no person: {keypoints.shape[0]} person(s) in the pose "
+                         "data, none with a non-zero score")
+  return keypoints[order], scores[order]
 
 
 def finish(frames: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, src_fps: float,
            options: FrameOptions):
-  """Applies ``options`` to decoded frames and their per-frame keypoints (pixels of the source
-  frames): frame-rate resampling, resize, keypoint rescale. Missing joints keep ``(0, 0)``."""
+  """Applies ``options`` to decoded frames and their per-frame keypoints ``(M, F, J, 2)`` of
+  ``M`` persons (pixels of the source frames; ``(F, J, 2)``: one person) with scores: frame-rate
+  resampling, resize, keypoint rescale. Missing joints keep ``(0, 0)``. Returns the keypoints
+  and scores with their person axis."""
+  if keypoints.ndim == 3:
+    keypoints, scores = keypoints[None], scores[None]
   keypoints, scores = align_length(keypoints, scores, frames.shape[0])
   idx = resample_indices(frames.shape[0], src_fps, options.fps)
-  frames, keypoints, scores = frames[idx], keypoints[idx], scores[idx]
+  frames, keypoints, scores = frames[idx], keypoints[:, idx], scores[:, idx]
   size = target_size(frames.shape[1], frames.shape[2], options.short_side)
   kp = scale_keypoints(keypoints, frames.shape[1:3], size)
   kp[scores <= 0] = 0.0
@@ -145,8 +175,9 @@ def read_video(path: str, start_s: Optional[float] = None,
 
 
 # -- TFDS/Beam builders ----------------------------------------------------------------------
-VERSION = tfds.core.Version("1.0.0")
-RELEASE_NOTES = {"1.0.0": "Schema v1: JPEG frames, (x, y) pixels + scores, label map v1."}
+VERSION = tfds.core.Version("1.1.0")
+RELEASE_NOTES = {"1.0.0": "Schema v1: JPEG frames, (x, y) pixels + scores, label map v1.",
+                 "1.1.0": "Schema v2: up to MAX_PERSONS persons per clip (pose/num_persons)."}
 
 
 @dataclasses.dataclass

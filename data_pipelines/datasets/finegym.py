@@ -83,6 +83,9 @@ def read_info(path: str) -> dict:
 
 
 # -- TFDS builder (poses and clips through datasets/pyskl.py's loader) ------------------------
+
+MAX_PERSONS = 1  # the gymnast: the person with the highest total score (pyskl.persons)
+
 class Finegym(common.Builder):
   """FineGYM Gym99 elements: clips cut from the event videos by the annotation timestamps, poses
   from pyskl's ``gym_hrnet.pkl`` (FineGYM has no official poses)."""
@@ -120,7 +123,7 @@ class Finegym(common.Builder):
           out[subset].append({"key": eid, "error": str(e)})
           continue
         item = pyskl.item(pkl, anns, eid, videos.get(vid), self.NUM_JOINTS, start=start,
-                           end=end)
+                           end=end, max_persons=MAX_PERSONS)
         if "ann" in item and int(item["ann"]["label"]) != label:
           item = {"key": eid, "error": f"{pkl}: {eid}: label {item['ann']['label']} differs "
                                        f"from {fname}'s {label}"}

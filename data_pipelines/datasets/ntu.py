@@ -200,16 +200,20 @@ def _ntu_configs(description: str) -> List[Config]:
   return [Config(name=n, benchmark=b, description=description) for n, b in NTU_BENCHMARKS.items()]
 
 
+MAX_PERSONS = 2  # NTU's interactions have two people (docs/datasets.md: persons)
+
+
 def load_ntu_kinect(item: dict, options: FrameOptions) -> records.Sample:
   tracks = read_skeleton(item["skeleton"])
   scores = tracking_scores(tracks["tracking"])
-  m = common.select_person(tracks["color"], scores)
+  kp, scores = common.select_persons(tracks["color"], scores, MAX_PERSONS, rule="motion",
+                                     source=item["skeleton"])
   if not item.get("video"):
     raise RawFormatError(f"{item['skeleton']}: no RGB video {item['key']}_rgb.avi in the "
                          f"manual dir")
   frames, fps = common.read_video(item["video"])
-  kp = common.scale_keypoints(tracks["color"][m], COLOR_HW, frames.shape[1:3])
-  f, kp, sc = common.finish(frames, kp, scores[m], fps, options)
+  kp = common.scale_keypoints(kp, COLOR_HW, frames.shape[1:3])
+  f, kp, sc = common.finish(frames, kp, scores, fps, options)
   return records.Sample(f, kp, sc, item["label"], item["key"])
 
 
@@ -269,6 +273,6 @@ class NtuRgbdHrnet(common.Builder):
       key = f"{self.PYSKL_SPLITS[b]}_{pyskl_subset}"
       if key not in splits:
         raise RawFormatError(f"{pkl}: field 'split' has no {key!r} (has {sorted(splits)})")
-      out[subset] = [pyskl.item(pkl, anns, fd, videos.get(fd[:20]), self.NUM_JOINTS)
-                     for fd in splits[key]]
+      out[subset] = [pyskl.item(pkl, anns, fd, videos.get(fd[:20]), self.NUM_JOINTS,
+                                max_persons=MAX_PERSONS) for fd in splits[key]]
     return out

@@ -13,7 +13,7 @@ import numpy as np
 
 from data_pipelines import records
 from data_pipelines.datasets import common
-from data_pipelines.datasets.common import FrameOptions, RawFormatError, select_person
+from data_pipelines.datasets.common import FrameOptions, RawFormatError, select_persons
 
 REQUIRED = ("frame_dir", "label", "img_shape", "total_frames", "keypoint", "keypoint_score")
 
@@ -36,9 +36,11 @@ def load(path: str) -> Tuple[Dict[str, list], Dict[str, dict]]:
   return {k: list(v) for k, v in data["split"].items()}, anns
 
 
-def main_person(ann: dict, num_joints: int, source: str = "pyskl"):
-  """``(T, V, 2)`` keypoints and ``(T, V)`` scores of the main person (``select_person``),
-  checked against the annotation's ``total_frames`` and the expected joint count."""
+def persons(ann: dict, num_joints: int, max_persons: int = 1, source: str = "pyskl"):
+  """``(M, T, V, 2)`` keypoints and ``(M, T, V)`` scores of the ``M <= max_persons`` persons with
+  the highest total score (``select_persons``), checked against the annotation's
+  ``total_frames`` and the expected joint count. An annotation with no person (``M = 0``, as
+  pyskl's pose extractor writes when it finds nobody) raises ``RawFormatError``."""
   fd = ann["frame_dir"]
   kp = np.asarray(ann["keypoint"], np.float32)
   sc = np.asarray(ann["keypoint_score"], np.float32)
@@ -51,15 +53,16 @@ def main_person(ann: dict, num_joints: int, source: str = "pyskl"):
                          f"{sc.shape}")
   if not np.all(np.isfinite(kp)) or not np.all(np.isfinite(sc)):
     raise RawFormatError(f"{source}: {fd}: field 'keypoint' or 'keypoint_score' has NaN/inf")
-  m = select_person(kp, sc)
-  return kp[m], sc[m]
+  if kp.shape[0] == 0:
+    raise RawFormatError(f"{source}: {fd}: no person (field 'keypoint' has M = 0 persons)")
+  return select_persons(kp, sc, max_persons, rule="score", source=f"{source}: {fd}")
 
 
 # -- Loader shared by the builders that read pyskl poses (NTU HRNet, FineGYM) ---------------
 def load_video(item: dict, options: FrameOptions) -> records.Sample:
   """Pose from a pyskl annotation (coordinates in its ``img_shape``), frames from the video."""
   ann = item["ann"]
-  kp, sc = main_person(ann, item["num_joints"], source=item["pickle"])
+  kp, sc = persons(ann, item["num_joints"], item.get("max_persons", 1), source=item["pickle"])
   frames, fps = common.read_video(item["video"], item.get("start"), item.get("end"))
   kp = common.scale_keypoints(kp, tuple(ann["img_shape"]), frames.shape[1:3])
   f, kp, sc = common.finish(frames, kp, sc, fps, options)

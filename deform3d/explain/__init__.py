@@ -2,10 +2,10 @@
 and their PNGs. ``launch/explain.py`` runs it on a checkpoint; docs/explain.md defines the
 numbers."""
 from deform3d.explain.importance import (explain_clip, frame_importance, joint_importance,
-                                         point_frame, sampling_points, token_frames,
-                                         uniform_joint_share)
+                                         person_joints, point_frame, sampling_points,
+                                         token_frames, uniform_joint_share)
 from deform3d.explain.plots import plot_heatmap, plot_sampling_points, plot_skeleton, save_all
 
-__all__ = ["explain_clip", "frame_importance", "joint_importance", "point_frame",
+__all__ = ["explain_clip", "frame_importance", "joint_importance", "person_joints", "point_frame",
            "sampling_points", "token_frames", "uniform_joint_share", "plot_heatmap",
            "plot_sampling_points", "plot_skeleton", "save_all"]

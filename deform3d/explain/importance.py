@@ -19,6 +19,10 @@ runs anywhere (no TensorFlow, no accelerator). Definitions (docs/explain.md):
   receive from all queries, averaged over the heads that read their channel group and
   normalized over the sampled keys (the cross-modal tokens, also keys, are left out).
 
+Several persons (keypoints ``(P, T, J, 3)``): the joints of the ``P`` persons are laid side by
+side, ``P * J`` "joints" (``person_joints`` gives the matching keypoints, names and bones); the
+uniform share counts each person's own groups, and an absent person's joints get share 0.
+
 Which blocks: every block's maps are returned; the summary (``mean``) averages the blocks in
 ``blocks``, by default only the first. Only there is joint token ``j`` still joint ``j``'s own
 embedding; deeper tokens have been mixed with their group and with other frames by the
@@ -32,7 +36,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from deform3d.models.stride_attention import joint_groups
+from deform3d.models.stride_attention import person_groups
 
 
 def _block_ids(maps: Mapping[str, np.ndarray]) -> list:
@@ -68,14 +72,35 @@ def _expand(values: np.ndarray, span: int, num_frames: int) -> np.ndarray:
   return np.repeat(values, span, axis=0)[:num_frames]
 
 
-def uniform_joint_share(num_joints: int, window: int, stride: int) -> np.ndarray:
-  """Joint shares ``(J,)`` of the cross token when its attention is uniform in every group."""
-  idx = joint_groups(num_joints, min(window, num_joints), stride)
-  share = np.zeros(num_joints)
-  for row in idx:
-    valid = row[row >= 0]
-    share[valid] += 1.0 / (1 + len(valid))
+def uniform_joint_share(num_joints: int, window: int, stride: int, persons: int = 1,
+                        present: Optional[Sequence[bool]] = None) -> np.ndarray:
+  """Joint shares ``(P * J,)`` of the cross token when its attention is uniform in every group
+  (each person's joints grouped separately). With ``present`` (per person) the groups of absent
+  persons do not count, as in the model; when nobody is present, all count."""
+  idx = person_groups(num_joints, min(window, num_joints), stride, persons)
+  person = np.repeat(np.arange(persons), len(idx) // persons)
+  counts = np.ones(persons, bool) if present is None or not np.any(present) else \
+      np.asarray(present, bool)
+  share = np.zeros(persons * num_joints)
+  for row, m in zip(idx, person):
+    if counts[m]:
+      valid = row[row >= 0]
+      share[valid] += 1.0 / (1 + len(valid))
   return share / share.sum()
+
+
+def person_joints(keypoints: np.ndarray, joint_names: Sequence[str], bones: Sequence) -> tuple:
+  """One clip's keypoints ``(T, J, 3)`` or ``(P, T, J, 3)`` as ``(T, P * J, 3)`` with the
+  joint names (``"p2:left_wrist"`` for ``P > 1``), the bones of every person, and the persons
+  present (any joint with a non-zero score), for the plots and ``explain_clip``."""
+  keypoints = np.asarray(keypoints)
+  if keypoints.ndim == 3:
+    return keypoints, list(joint_names), list(bones), [True]
+  p, t, j, d = keypoints.shape
+  flat = keypoints.transpose(1, 0, 2, 3).reshape(t, p * j, d)
+  names = [f"p{m + 1}:{n}" for m in range(p) for n in joint_names]
+  all_bones = [(a + m * j, b + m * j) for m in range(p) for a, b in bones]
+  return flat, names, all_bones, [bool(np.any(keypoints[m, ..., 2] > 0)) for m in range(p)]
 
 
 def _select(blocks, available):
@@ -87,10 +112,13 @@ def _select(blocks, available):
 
 
 def joint_importance(maps, model, index: int = 0, blocks: Optional[Sequence[int]] = None, *,
-                     num_frames: Optional[int] = None) -> dict:
-  """Joint importance ``(T, J)`` of clip ``index``: every block's (``per_block``), the mean over
-  ``blocks`` (default: the first block), its uniform share and the lift of each joint.
+                     num_frames: Optional[int] = None,
+                     present: Optional[Sequence[bool]] = None) -> dict:
+  """Joint importance ``(T, J)`` (``(T, P * J)`` for ``P`` persons, ``present`` per person) of
+  clip ``index``: every block's (``per_block``), the mean over ``blocks`` (default: the first
+  block), its uniform share and the lift of each joint (0 for an absent person's joints).
   ``num_frames``: the clip's frame count (see ``_num_frames``)."""
+  persons = 1 if present is None else len(present)
   per_block, uniform = [], []
   t = _num_frames(maps, model, num_frames)
   for i in _block_ids(maps):
@@ -98,15 +126,16 @@ def joint_importance(maps, model, index: int = 0, blocks: Optional[Sequence[int]
     imp = np.asarray(maps[key][index], np.float64).mean(axis=1)   # (T_i, J)
     imp = imp / np.maximum(imp.sum(axis=1, keepdims=True), 1e-12)
     per_block.append(_expand(imp, token_frames(model)[i], t))
-    uniform.append(uniform_joint_share(imp.shape[1], model.joint_window,
-                                       model.joint_strides[i]))
+    uniform.append(uniform_joint_share(imp.shape[1] // persons, model.joint_window,
+                                       model.joint_strides[i], persons, present))
   rows = _select(blocks, _block_ids(maps))
   mean = np.mean([per_block[r] for r in rows], axis=0)
   share = np.mean([uniform[r] for r in rows], axis=0)
   uniform = np.stack(uniform)
+  lift = lambda a, b: np.divide(a, b, out=np.zeros_like(a), where=b > 0)
   return {"per_block": np.stack(per_block), "uniform_per_block": uniform, "mean": mean,
-          "uniform_share": share, "lift": mean.mean(axis=0) / share,
-          "lift_per_block": np.stack(per_block).mean(axis=1) / uniform}
+          "uniform_share": share, "lift": lift(mean.mean(axis=0), share),
+          "lift_per_block": lift(np.stack(per_block).mean(axis=1), uniform)}
 
 
 def frame_importance(maps, model, index: int = 0, blocks: Optional[Sequence[int]] = None, *,
@@ -154,11 +183,12 @@ def point_frame(z: np.ndarray, num_frames: int) -> np.ndarray:
 
 def explain_clip(maps, model, index: int = 0, *, blocks: Optional[Sequence[int]] = None,
                  num_frames: Optional[int] = None, joint_names: Optional[Sequence[str]] = None,
-                 logits: Optional[np.ndarray] = None, class_names: Optional[Sequence[str]] = None
-                 ) -> dict:
+                 logits: Optional[np.ndarray] = None, class_names: Optional[Sequence[str]] = None,
+                 present: Optional[Sequence[bool]] = None) -> dict:
   """Everything of one clip in plain Python types (the JSON written by ``launch/explain.py``);
-  the summary fields average ``blocks`` (default: the first block)."""
-  joints = joint_importance(maps, model, index, blocks, num_frames=num_frames)
+  the summary fields average ``blocks`` (default: the first block). Several persons: pass
+  ``present`` and the names of ``person_joints``."""
+  joints = joint_importance(maps, model, index, blocks, num_frames=num_frames, present=present)
   frames = frame_importance(maps, model, index, blocks, num_frames=num_frames)
   points = sampling_points(maps, model, index)
   names = list(joint_names) if joint_names is not None else [

@@ -63,11 +63,11 @@ def fingerprint(config: ml_collections.ConfigDict) -> dict:
 
 
 def input_shapes(batch: dict) -> dict:
-  """Per-clip shapes ``{"frames": (T, H, W, 3), "keypoints": (T, J, D)}`` of a training batch
-  (``(B, ...)``) or an evaluation batch (``(B, K, ...)``: ``K`` clips per video)."""
-  kp = np.shape(batch["keypoints"])
-  lead = len(kp) - 3
-  return {"frames": tuple(np.shape(batch["frames"])[lead:]), "keypoints": tuple(kp[lead:])}
+  """Per-clip shapes ``{"frames": (T, H, W, 3), "keypoints": (T, J, D) or (P, T, J, D)}`` of a
+  training batch (``(B, ...)``) or an evaluation batch (``(B, K, ...)``: ``K`` clips per video)."""
+  frames = np.shape(batch["frames"])
+  lead = len(frames) - 4
+  return {"frames": tuple(frames[lead:]), "keypoints": tuple(np.shape(batch["keypoints"])[lead:])}
 
 
 class Trainer:
