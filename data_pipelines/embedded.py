@@ -12,12 +12,12 @@ Fusion is needed by construction:
   flag half of the time, so the colour alone says nothing.
 * The other actions differ in fine limb motion that is exact in the keypoints but drawn faintly
   over clutter at low resolution in the frames: easiest from pose.
-* Interactions need the second person: in ``handshake`` and ``reach_unanswered`` two people
-  stand side by side and the first (the left one, written first) reaches out towards the
-  other in the same way; in ``handshake`` the other reaches back, in ``reach_unanswered`` it
-  stands idle. Only the second person's (faintly drawn) limb motion tells them apart, so a
-  one-person model (``max_persons=1``) cannot separate them from the pose. Every other class
-  has one person; its records hold one (the pipeline pads the second as absent).
+* Interactions need the second person: in ``greeting_returned`` and ``greeting_ignored`` two
+  people stand side by side and the first (the left one, written first) reaches out towards
+  the other in the same way; in ``greeting_returned`` the other waves back (arm raised), in
+  ``greeting_ignored`` it stands idle. Only the second person's (faintly drawn) pose tells them
+  apart, so a one-person model (``max_persons=1``) cannot separate them from the pose. Every
+  other class has one person; its records hold one (the pipeline pads the second as absent).
 
 Usage: ``python -m data_pipelines.embedded --out data/embedded`` (the training script does this
 by itself when the directory is missing).
@@ -35,9 +35,9 @@ from data_pipelines import records
 from data_pipelines.skeletons import COCO17, COCO17_BONES
 
 CLASSES = ("wave_red_flag", "wave_blue_flag", "clap", "squat", "jump", "kick", "bow", "turn",
-           "walk", "punch", "handshake", "reach_unanswered")
+           "walk", "punch", "greeting_returned", "greeting_ignored")
 # Two-person classes: the second person's action.
-PARTNER = {"handshake": "reach_back", "reach_unanswered": "idle"}
+PARTNER = {"greeting_returned": "wave_back", "greeting_ignored": "idle"}
 FLAG_COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220)}
 SPLITS = {"train": (2000, 8, 101), "val": (300, 2, 202), "test": (500, 2, 303)}  # n, shards, seed
 DATASET_VERSION = "1.2.0"  # 1.2.0: the two-person classes
@@ -97,8 +97,8 @@ def skeleton(action: str, phase: np.ndarray, u: np.ndarray, body: dict) -> np.nd
     arm[l] = [0.15 + 1.45 * amp * neg_s, np.zeros(f)]
   elif action == "reach":         # the left arm (image right) out towards a person on the right
     arm[l] = [0.15 + 1.3 * amp * pos_s, -0.3 * amp * pos_s]
-  elif action == "reach_back":    # the right arm (image left) out towards a person on the left
-    arm[r] = [0.15 + 1.3 * amp * pos_s, -0.3 * amp * pos_s]
+  elif action == "wave_back":     # the right arm (image left, towards the other) up, waving
+    arm[r] = [np.full(f, 2.6), 0.6 * amp * s]
   elif action == "idle":          # arms down, a slight sway
     root[:, 0] += 0.02 * h * s
   else:
@@ -147,8 +147,7 @@ def render_clip(label: int, rng: np.random.Generator, num_frames: int = 32, size
   """Renders one clip of class ``label``: frames (F, S, S, 3) uint8, keypoints (M, F, 17, 2) and
   scores (M, F, 17) of its ``M`` persons (2 for the classes of ``PARTNER``, else 1)."""
   name = CLASSES[label]
-  action = {"handshake": "reach", "reach_unanswered": "reach"}.get(
-      name, "wave" if name.startswith("wave") else name)
+  action = "reach" if name in PARTNER else "wave" if name.startswith("wave") else name
   two = name in PARTNER
   body = {"height": rng.uniform(0.55, 0.8) * size, "amplitude": rng.uniform(0.8, 1.2),
           "direction": rng.choice([-1, 1])}
