@@ -1,6 +1,6 @@
 r"""The embedded dataset: 12 procedurally generated classes, built on first use (no download).
 
-The README's default experiment, sized for a 2-core CPU (about 13 minutes):
+The README's default experiment, sized for a 2-core CPU (about 17 minutes with two persons):
 
   python launch/train.py --config configs/embedded.py --workdir workdirs/embedded
 
