@@ -83,4 +83,6 @@ def clip_shapes(config: ml_collections.ConfigDict) -> dict:
   t, s = config.num_frames, config.image_size
   keypoints = (t, len(LAYOUTS[config.dataset.joint_layout]), 3)
   persons = config.dataset.get("max_persons", 1)
-  return {"frames": (t, s, s, 3), "keypoints": keypoints if persons == 1 else (persons,) + keypoints}
+  if persons > 1:
+    keypoints = (persons,) + keypoints
+  return {"frames": (t, s, s, 3), "keypoints": keypoints}

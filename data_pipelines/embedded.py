@@ -147,8 +147,8 @@ def render_clip(label: int, rng: np.random.Generator, num_frames: int = 32, size
   """Renders one clip of class ``label``: frames (F, S, S, 3) uint8, keypoints (M, F, 17, 2) and
   scores (M, F, 17) of its ``M`` persons (2 for the classes of ``PARTNER``, else 1)."""
   name = CLASSES[label]
-  action = "reach" if name in PARTNER else "wave" if name.startswith("wave") else name
   two = name in PARTNER
+  action = "reach" if two else "wave" if name.startswith("wave") else name
   body = {"height": rng.uniform(0.55, 0.8) * size, "amplitude": rng.uniform(0.8, 1.2),
           "direction": rng.choice([-1, 1])}
   if two:  # two smaller people side by side, facing the camera

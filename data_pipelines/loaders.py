@@ -43,7 +43,8 @@ def eval_iter(config, split: str = None):
 
 def input_shapes(config) -> dict:
   """Per-clip shapes ``{"frames": (T, H, W, 3), "keypoints": (T, J, D) or (P, T, J, D)}`` from
-  the training split's element spec (nothing is read), for building a model without a batch at hand."""
+  the training split's element spec (nothing is read), for building a model without a batch at
+  hand."""
   kw, _ = _common(config)
   ds = input_pipeline.make_dataset(config.dataset.data_dir, config.dataset.train_split,
                                    train=False, num_clips=1, **kw)   # (B, K=1, ...)

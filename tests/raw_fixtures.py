@@ -66,7 +66,8 @@ def ntu_sample(rng, root, name, num_frames=12, video_hw=(54, 96), bodies=2):
   Body 1, the main one, moves most and is present in frames 0..F-3 (the last two frames are
   missing); body 2 moves half as much and is seen in frames 1-3 only; body 3 stands still from
   frame 2 on, fully tracked (the largest total score, the least motion: a "most active" rule
-  drops it, a "largest score" rule would keep it). The bodies appear in this order. ``bodies=0`` writes frames with nobody.
+  drops it, a "largest score" rule would keep it). The bodies appear in this order.
+  ``bodies=0`` writes frames with nobody.
   Returns the main body's numbers and ``persons``: each body's ``color`` and ``scores``, most
   active first (the order the converter keeps them in)."""
   os.makedirs(os.path.join(root, "skeletons"), exist_ok=True)

@@ -9,6 +9,7 @@ import pytest
 from deform3d.models import (DeformableAttention3D, DropPath, attention_maps, build_model,
                              joint_groups)
 from deform3d.models.deformable import reference_grid
+from deform3d.models.stride_attention import persons_present
 from tests.test_fast_paths import random_params
 
 # The tiny size of deform3d/models/model.py VARIANTS, with windows of 3 of the 5 joints drawn here.
@@ -168,6 +169,8 @@ def test_persons_absent_ones_are_never_attended_to(rng):
   frames, _ = make_inputs(rng)
   keypoints = np.asarray(rng.uniform(-1, 1, (2, 2, 4, 5, 3)), np.float32)
   keypoints[1, 1, ..., 2] = 0.0                              # clip 1: the second person is absent
+  np.testing.assert_array_equal(persons_present(keypoints), [[True, True], [True, False]])
+  np.testing.assert_array_equal(persons_present(keypoints[1]), [True, False])  # one clip
   abstract = jax.eval_shape(model.init, jax.random.key(0), frames, keypoints)["params"]
   assert abstract["pose_embed"]["person_embed"].shape == (2, 1, 32)
   variables = {"params": random_params(abstract, rng)}

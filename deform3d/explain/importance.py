@@ -36,7 +36,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from deform3d.models.stride_attention import person_groups
+from deform3d.models.stride_attention import person_groups, persons_present
 
 
 def _block_ids(maps: Mapping[str, np.ndarray]) -> list:
@@ -100,7 +100,7 @@ def person_joints(keypoints: np.ndarray, joint_names: Sequence[str], bones: Sequ
   flat = keypoints.transpose(1, 0, 2, 3).reshape(t, p * j, d)
   names = [f"p{m + 1}:{n}" for m in range(p) for n in joint_names]
   all_bones = [(a + m * j, b + m * j) for m in range(p) for a, b in bones]
-  return flat, names, all_bones, [bool(np.any(keypoints[m, ..., 2] > 0)) for m in range(p)]
+  return flat, names, all_bones, [bool(x) for x in persons_present(keypoints)]
 
 
 def _select(blocks, available):

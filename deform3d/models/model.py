@@ -18,7 +18,7 @@ from deform3d.models.deformable import DeformableAttention3D, cell_centres, refe
 from deform3d.models.embeddings import PoseEmbed, RGBStem, temporal_pool
 from deform3d.models.layers import DropPath, Mlp, layer_norm
 from deform3d.models.stride_attention import (JointStrideAttention, TemporalMerge,
-                                              TemporalStrideAttention)
+                                              TemporalStrideAttention, persons_present)
 
 Dtype = Any
 DESIGNS = ("paper", "pooled")
@@ -289,7 +289,7 @@ class Deform3DTransformer(nn.Module):
     if keypoints.ndim == 5:
       person_mask = jnp.ones(keypoints.shape[:2], bool)
       if self.use_pose and keypoints.shape[-1] > 2:
-        person_mask = (keypoints[..., 2] > 0).any(axis=(2, 3))
+        person_mask = persons_present(keypoints)
     c = self.embed_dim
     rgb = None
     if self.use_rgb:

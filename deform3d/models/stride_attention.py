@@ -45,6 +45,13 @@ def person_groups(num_joints: int, window: int, stride: int, persons: int):
   return np.concatenate([np.where(idx >= 0, idx + m * num_joints, -1) for m in range(persons)])
 
 
+def persons_present(keypoints):
+  """Which persons of keypoints ``(..., P, T, J, D)`` are in the clip: any joint with a non-zero
+  score (channel 2) in any frame -> ``(..., P)``. All-zero persons are padding. The model's
+  masks and the explanations' uniform shares both use this rule."""
+  return (keypoints[..., 2] > 0).any(axis=(-2, -1))
+
+
 def group_mean(x, group_weights):
   """The cross token's new value from its outputs in every group, ``x (B, T, Ng, ...)`` ->
   ``(B, T, 1, ...)``: their mean, or with ``group_weights (B, Ng)`` (1 for a group of a present
