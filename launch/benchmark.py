@@ -1,6 +1,6 @@
 """Benchmarks, side by side in one run: ``python launch/benchmark.py [--out results.json]``.
 
-Two suites (``--suite model|sampler|all``):
+Three suites (``--suite model|sampler|all``, and ``paper``):
 
 * ``model``: the full ``Deform3DTransformer``, forward (eval) and forward+backward (cross-entropy
   and all parameter gradients) at several sizes and dtypes, next to the PyTorch reference
@@ -9,6 +9,13 @@ Two suites (``--suite model|sampler|all``):
   step time, clips/s, JAX compile time, peak memory and the JAX-over-torch speedup.
 * ``sampler``: ``grid_sample_3d`` alone with each ``backward`` variant (autodiff scatter-add,
   one-hot matmul, sorted segment sum) next to ``torch.nn.functional.grid_sample``.
+* ``paper`` (not in ``all``): the paper datasets' model (``configs/ntu.py``, NTU60 X-Sub) at
+  ``--batch``, one whole training step as ``launch/train.py`` runs it (the config's dropout and
+  drop path, cross-entropy, gradients and the config's optimizer update), for each row of
+  ``PAPER_ROWS`` (dtype x sampler backward x fast/plain), each in its own process so that its
+  peak memory is its own: compile time, step time (min/median/max), forward time, peak memory,
+  XLA's FLOP count and the FLOP/s reached. Rows stop being started after ``--budget_s``; the
+  JSON is rewritten after every row. Meant for an accelerator: on CPU one row takes minutes.
 
 Peak memory is, on CPU, the rise of the process's peak resident set over one step (Linux
 ``/proc/self/status`` VmHWM after resetting it), the same measure for both frameworks; on an
@@ -58,13 +65,21 @@ def bench_sampler(repeats):
       import torch
     except ImportError:
       continue
-    vt = torch.tensor(np.asarray(vol)).permute(0, 4, 1, 2, 3).contiguous().requires_grad_(True)
-    gt = torch.tensor(np.asarray(grid)).reshape(n, p, 1, 1, 3).requires_grad_(True)
-    sample = lambda: torch.nn.functional.grid_sample(vt, gt, align_corners=False)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    vt = torch.tensor(np.asarray(vol), device=dev).permute(0, 4, 1, 2, 3).contiguous()
+    vt.requires_grad_(True)
+    gt = torch.tensor(np.asarray(grid), device=dev).reshape(n, p, 1, 1, 3).requires_grad_(True)
+
+    def sample():
+      out = torch.nn.functional.grid_sample(vt, gt, align_corners=False)
+      sync()
+      return out
 
     def fwd_bwd():
       vt.grad = gt.grad = None
-      (sample() ** 2).sum().backward()
+      (torch.nn.functional.grid_sample(vt, gt, align_corners=False) ** 2).sum().backward()
+      sync()
 
     with torch.no_grad():
       t_fwd = _median_time(sample, repeats)
@@ -85,6 +100,142 @@ MODEL_SIZES = [
 ]
 DEFAULT_SIZES = ("embedded", "medium", "paper")
 DTYPES = ("float32", "bfloat16")
+
+
+# --suite paper. Rows: (dtype, sampler backward, fast), the most asked-for first: the config's
+# own setting (bf16, fast) with the sampler's gradient variants, float32, the plain modules.
+PAPER_SPEC = "ntu:split=xsub60"
+PAPER_ROWS = (
+    ("bfloat16", "autodiff", True), ("bfloat16", "sorted", True), ("float32", "autodiff", True),
+    ("bfloat16", "autodiff", False), ("float32", "sorted", True), ("bfloat16", "onehot", True),
+)
+
+
+def _flops(compiled):
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # not every backend reports it
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  return None if not cost or "flops" not in cost else float(cost["flops"])
+
+
+def paper_row(spec, batch, dtype, backward, fast, repeats):
+  """One row of ``--suite paper``, measured in this process (see the module docstring)."""
+  import optax
+  from configs.common import clip_shapes
+  from deform3d.models import build_model
+  from deform3d.ops.sampling import resolve_backward
+  from deform3d.train.trainer import make_optimizer
+
+  config = size_config(spec, {})
+  model = build_model({**config.model, "dtype": dtype, "fast": fast,
+                       "sampler_backward": backward})
+  frames, keypoints, labels = _model_inputs(model, batch, clip_shapes(config))
+  device = jax.devices()[0]
+  xs = [jax.device_put(x, device) for x in (frames, keypoints, labels)]
+  params = jax.jit(model.init)(jax.random.key(0), xs[0][:1], xs[1][:1])["params"]
+  tx, _ = make_optimizer(config)
+  opt_state = jax.jit(tx.init)(params)
+
+  def train_step(p, o, f, k, y, rng):
+    def loss_fn(p):
+      logits = model.apply({"params": p}, f, k, train=True, rngs={"dropout": rng})
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(p)
+    updates, o = tx.update(grads, o, p)
+    return optax.apply_updates(p, updates), o, loss
+
+  step = jax.jit(train_step, donate_argnums=(0, 1))
+  fwd = jax.jit(lambda p, f, k: model.apply({"params": p}, f, k))
+  rng = jax.random.key(1)
+  t = time.perf_counter()
+  compiled = step.lower(params, opt_state, *xs, rng).compile()
+  compile_s = time.perf_counter() - t
+  fwd_compiled = fwd.lower(params, *xs[:2]).compile()
+  state = [params, opt_state]
+
+  def run_step():
+    state[0], state[1], loss = compiled(state[0], state[1], *xs, rng)
+    jax.block_until_ready(loss)
+
+  run_fwd = lambda: jax.block_until_ready(fwd_compiled(state[0], *xs[:2]))
+  if device.platform == "cpu":
+    _trim()
+    peak = peak_memory(run_step)  # the step's own rise of the process peak (module docstring)
+  else:
+    run_step()
+    peak = (device.memory_stats() or {}).get("peak_bytes_in_use")  # this process's peak
+  step_s = _times(run_step, repeats)
+  fwd_s = _times(run_fwd, repeats)
+  flops = _flops(compiled)
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state[0]))
+  row = {"spec": spec, "batch": batch, "dtype": dtype, "sampler_backward": backward,
+         "sampler_backward_resolved": resolve_backward(backward, device.platform),
+         "fast": fast, "params": n_params, "compile_s": compile_s,
+         "step_ms": {k: 1e3 * v for k, v in step_s.items()},
+         "fwd_ms": {k: 1e3 * v for k, v in fwd_s.items()},
+         "clips_per_s": batch / step_s["median"], "peak_mem_mb": _mb(peak),
+         "step_tflops": None if flops is None else flops / 1e12,
+         "tflops_per_s": None if flops is None else flops / 1e12 / step_s["median"]}
+  try:
+    row["xla_temp_mb"] = _mb(compiled.memory_analysis().temp_size_in_bytes)
+  except Exception:  # not every backend reports it
+    pass
+  return row
+
+
+def _times(fn, repeats):
+  """min/median/max seconds of ``fn`` over ``repeats`` calls after one warm-up call."""
+  fn()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return {"min": float(np.min(times)), "median": float(np.median(times)),
+          "max": float(np.max(times))}
+
+
+def bench_paper(spec=PAPER_SPEC, batch=16, repeats=10, rows=PAPER_ROWS, budget_s=None,
+                on_row=None, log=print):
+  """``--suite paper``: each row of ``rows`` in a fresh process (``paper_row``). A row that
+  fails (e.g. out of memory) is recorded with its error; after the first row, none is started
+  once ``budget_s`` seconds have passed. ``on_row(rows so far)`` is called after every row."""
+  import subprocess
+  done = []
+  start = time.perf_counter()
+  for dtype, backward, fast in rows:
+    if done and budget_s is not None and time.perf_counter() - start > budget_s:
+      log(f"# budget of {budget_s} s spent: row {dtype}/{backward}/fast={fast} not started")
+      break
+    cmd = [sys.executable, os.path.abspath(__file__), "--paper_row",
+           json.dumps([spec, batch, dtype, backward, fast, repeats])]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode == 0 and lines:
+      row = json.loads(lines[-1])
+    else:
+      row = {"spec": spec, "batch": batch, "dtype": dtype, "sampler_backward": backward,
+             "fast": fast, "error": (proc.stderr or proc.stdout).strip()[-2000:]}
+    done.append(row)
+    log(_paper_line(row))
+    if on_row:
+      on_row(done)
+  return done
+
+
+def _paper_line(r):
+  name = f"{r['dtype']:9} {r['sampler_backward']:8} {'fast' if r['fast'] else 'plain':5}"
+  if "error" in r:
+    return f"{name} FAILED: {r['error'].splitlines()[-1] if r['error'] else '?'}"
+  st, mem = r["step_ms"], r.get("peak_mem_mb")
+  tf = "-" if r.get("tflops_per_s") is None else f"{r['tflops_per_s']:.1f}"
+  return (f"{name} step {st['median']:8.1f} ms (min {st['min']:.1f}, max {st['max']:.1f})  "
+          f"fwd {r['fwd_ms']['median']:8.1f} ms  {r['clips_per_s']:7.1f} clips/s  "
+          f"compile {r['compile_s']:5.1f} s  peak {'-' if mem is None else f'{mem:.0f}'} MB  "
+          f"{tf} TFLOP/s")
 
 
 def _proc_status(field):
@@ -325,8 +476,17 @@ def print_sampler_table(rows):
 
 
 def main():
+  if len(sys.argv) == 3 and sys.argv[1] == "--paper_row":  # one row of --suite paper
+    print(json.dumps(paper_row(*json.loads(sys.argv[2]))), flush=True)
+    return
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--suite", choices=("all", "model", "sampler"), default="all")
+  parser.add_argument("--suite", choices=("all", "model", "sampler", "paper"), default="all")
+  parser.add_argument("--batch", type=int, default=16, help="--suite paper: the batch")
+  parser.add_argument("--paper_spec", default=PAPER_SPEC, help="--suite paper: the config")
+  parser.add_argument("--paper_rows", default=None,
+                      help="--suite paper: DTYPE/BACKWARD/fast|plain,... (default: PAPER_ROWS)")
+  parser.add_argument("--budget_s", type=float, default=None,
+                      help="--suite paper: after the first row, start none after this many s")
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--sizes", default=None,
                       help=f"comma list of model sizes of {[s[0] for s in MODEL_SIZES]} "
@@ -337,14 +497,13 @@ def main():
   parser.add_argument("--out", default=None, help="write the rows and device info as JSON")
   args = parser.parse_args()
   info = {"device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
-          "jax": jax.__version__, "python": platform.python_version(),
-          "cpu_count": os.cpu_count()}
+          "jax": jax.__version__, "python": platform.python_version(), **machine_info()}
   try:
     import torch
     info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
   except ImportError:
     pass
-  print(f"# {info}", flush=True)
+  print(f"# { {k: v for k, v in info.items() if k != 'cpu_flags'} }", flush=True)
   result = {"info": info}
   if args.suite in ("all", "model"):
     sizes = None
@@ -360,9 +519,44 @@ def main():
   if args.suite in ("all", "sampler"):
     result["sampler"] = bench_sampler(args.repeats)
     print_sampler_table(result["sampler"])
-  if args.out:
-    with open(args.out, "w") as fh:
+  if args.suite == "paper":
+    rows = PAPER_ROWS
+    if args.paper_rows:
+      rows = []
+      for item in args.paper_rows.split(","):
+        dtype, backward, kind = item.split("/")
+        if kind not in ("fast", "plain"):
+          parser.error(f"--paper_rows {item!r}: the third field must be fast or plain")
+        rows.append((dtype, backward, kind == "fast"))
+    def on_row(done):
+      result["paper"] = done
+      _write(args.out, result)
+    result["paper"] = bench_paper(args.paper_spec, args.batch, args.repeats, rows,
+                                  args.budget_s, on_row)
+  info["loadavg_after"] = os.getloadavg()
+  _write(args.out, result)
+
+
+def _write(path, result):
+  if path:
+    with open(path, "w") as fh:
       json.dump(result, fh, indent=1)
+
+
+def machine_info():
+  """The CPU's model, count and flags (``/proc/cpuinfo``) and the load average now."""
+  info = {"cpu_count": os.cpu_count(), "loadavg_before": os.getloadavg()}
+  try:
+    with open("/proc/cpuinfo") as fh:
+      for line in fh:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+          info.setdefault("cpu_model", value.strip())
+        elif key.strip() == "flags":
+          info.setdefault("cpu_flags", value.split())
+  except OSError:
+    pass
+  return info
 
 
 if __name__ == "__main__":

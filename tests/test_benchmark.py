@@ -6,6 +6,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 "launch"))
 
 import benchmark  # noqa: E402
+import pytest  # noqa: E402
 
 
 def test_sampler_benchmark_reports_all_implementations(monkeypatch):
@@ -26,3 +27,40 @@ def test_model_benchmark_reports_jax_and_the_torch_reference():
     assert r["size"] == "tiny" and r["dtype"] == "float32"
   assert rows[0]["compile_s"] > 0 and rows[0]["fwd_bwd_speedup_of_jax"] == 1.0
   assert abs(rows[1]["fwd_bwd_speedup_of_jax"] - rows[1]["fwd_bwd_ms"] / rows[0]["fwd_bwd_ms"]) < 1e-9
+
+
+def test_paper_suite_writes_its_json(tmp_path):
+  """``--suite paper`` on CPU (the small local config instead of the paper's): each row runs in
+  its own process and lands in the JSON with its timings, memory and FLOPs; the machine's
+  facts and load are recorded."""
+  import json
+  import subprocess
+  out = tmp_path / "paper.json"
+  script = os.path.join(os.path.dirname(benchmark.__file__), "benchmark.py")
+  proc = subprocess.run([sys.executable, script, "--suite", "paper", "--paper_spec",
+                         "embedded:variant=tiny", "--batch", "2", "--repeats", "2",
+                         "--paper_rows", "float32/auto/fast", "--out", str(out)],
+                        capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  info = result["info"]
+  assert info["platform"] == "cpu" and info["cpu_count"] >= 1
+  assert len(info["loadavg_before"]) == 3 and len(info["loadavg_after"]) == 3
+  assert "cpu_flags" in info or not os.path.exists("/proc/cpuinfo")
+  (row,) = result["paper"]
+  assert "error" not in row, row.get("error")
+  assert (row["dtype"], row["sampler_backward"], row["fast"]) == ("float32", "auto", True)
+  assert row["sampler_backward_resolved"] == "autodiff"
+  step = row["step_ms"]
+  assert 0 < step["min"] <= step["median"] <= step["max"]
+  assert row["fwd_ms"]["median"] > 0 and row["compile_s"] > 0 and row["params"] > 0
+  assert row["clips_per_s"] == pytest.approx(2 / (step["median"] / 1e3))
+  assert row["step_tflops"] > 0 and row["peak_mem_mb"] is not None
+
+
+def test_paper_suite_records_a_failing_row_and_stops_at_the_budget():
+  rows = benchmark.bench_paper("embedded:variant=tiny", batch=2, repeats=1,
+                               rows=[("float8", "auto", True), ("float32", "auto", True)],
+                               budget_s=0.0, log=lambda s: None)
+  (row,) = rows  # the second row is not started: the budget is spent
+  assert row["dtype"] == "float8" and "dtype" in row["error"]

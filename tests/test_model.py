@@ -352,6 +352,23 @@ def test_bad_config_and_inputs_raise(rng):
     build_model({**TINY, "rgb_query_pos": "centre"}).init(jax.random.key(0), frames, keypoints)
   with pytest.raises(ValueError, match="num_cross_tokens must be 1 or 2"):
     build_model({**TINY, "num_cross_tokens": 3}).init(jax.random.key(0), frames, keypoints)
+  with pytest.raises(ValueError, match="backward must be one of"):
+    build_model({**TINY, "sampler_backward": "scatter"}).init(jax.random.key(0), frames,
+                                                              keypoints)
+
+
+def test_sampler_backward_reaches_the_sampler(rng):
+  """``sampler_backward`` selects grid_sample_3d's gradient (the variants are checked equal in
+  tests/test_sampling.py): traced only, the custom VJP appears exactly when it is asked for."""
+  frames, keypoints = make_inputs(rng)
+  variables = jax.eval_shape(build_model(TINY).init, jax.random.key(0), frames, keypoints)
+
+  def jaxpr(backward):
+    model = build_model({**TINY, "sampler_backward": backward})
+    return str(jax.make_jaxpr(lambda v: model.apply(v, frames, keypoints))(variables))
+
+  assert "custom_vjp" in jaxpr("sorted") and "custom_vjp" in jaxpr("onehot")
+  assert "custom_vjp" not in jaxpr("autodiff") and "custom_vjp" not in jaxpr("auto")
 
 
 def test_learns_a_tiny_cross_modal_problem():

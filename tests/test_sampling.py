@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from deform3d.ops import grid_sample_3d
+from deform3d.ops.sampling import AUTO_BACKWARD, BACKWARDS, resolve_backward
 
 torch = pytest.importorskip("torch")
 
@@ -209,3 +210,13 @@ def test_custom_vjp_under_vmap_and_bad_name(rng):
   assert rel_err(f("onehot"), f("autodiff")) < 1e-5
   with pytest.raises(ValueError, match="backward must be one of"):
     grid_sample_3d(volume[0], grid[0], backward="scatter")
+
+
+def test_auto_backward_follows_the_backend_table():
+  assert resolve_backward("auto", "cpu") == AUTO_BACKWARD["cpu"] == "autodiff"
+  assert resolve_backward("auto", "gpu") == AUTO_BACKWARD["gpu"]
+  assert resolve_backward("auto", "tpu") == "autodiff"  # not measured: the default
+  assert resolve_backward("sorted", "cpu") == "sorted"
+  assert set(AUTO_BACKWARD.values()) <= set(BACKWARDS)
+  with pytest.raises(ValueError, match="backward must be one of"):
+    resolve_backward("scatter", "gpu")

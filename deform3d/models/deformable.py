@@ -65,6 +65,7 @@ class DeformableAttention3D(nn.Module):
   rel_pos_hidden: int = 8
   attn_dropout: float = 0.0
   proj_dropout: float = 0.0
+  sampler_backward: str = "auto"  # grid_sample_3d's ``backward`` (ops/sampling.py)
   dtype: Dtype = jnp.float32
   Attention = MultiHeadAttention
 
@@ -86,7 +87,8 @@ class DeformableAttention3D(nn.Module):
     ns = grid_shape[0] * grid_shape[1] * grid_shape[2]
     grouped = volume.reshape(b, t, h, w, g, cg).transpose(0, 4, 1, 2, 3, 5)
     sampled = grid_sample_3d(grouped.reshape(b * g, t, h, w, cg),
-                             points.reshape(b * g, ns, 3), align_corners=False)  # (B*G, Ns, Cg)
+                             points.reshape(b * g, ns, 3), align_corners=False,
+                             backward=self.sampler_backward)                # (B*G, Ns, Cg)
     sampled = sampled.reshape(b, g, ns, cg).transpose(0, 2, 1, 3).reshape(b, ns, c)
     points = points.reshape(b, g, ns, 3)
     self.sow("intermediates", "sampling_points", points)

@@ -70,6 +70,7 @@ class _BlockBase(nn.Module):
   rgb_merge: bool
   dtype: Dtype
   rgb_query_pos: str = "cell"
+  sampler_backward: str = "auto"
   # Sub-layer classes; fast.py's blocks replace them with their rewritten subclasses.
   Deformable = DeformableAttention3D
   JointAttention = JointStrideAttention
@@ -89,8 +90,8 @@ class _BlockBase(nn.Module):
   def deformable(self):
     return self.Deformable(self.num_heads, num_groups=self.num_groups,
                            offset_strides=tuple(self.offset_strides),
-                           offset_range_factor=self.offset_range_factor, name="cross_attn",
-                           **self.kw())
+                           offset_range_factor=self.offset_range_factor,
+                           sampler_backward=self.sampler_backward, name="cross_attn", **self.kw())
 
   def pose_layers(self, z, person_mask, deterministic):
     """Joint stride attention on ``z (B, T, 1 + P * J, C)`` (cross-attention token + the pose
@@ -236,6 +237,7 @@ class Deform3DTransformer(nn.Module):
   rgb_query_pos: str = "cell"
   fast: bool = True
   remat: bool = False
+  sampler_backward: str = "auto"
   dtype: Dtype = jnp.float32
 
   def _check(self, frames, keypoints):
@@ -331,8 +333,8 @@ class Deform3DTransformer(nn.Module):
           temporal_window=self.temporal_window, temporal_stride=self.temporal_strides[i],
           mlp_ratio=self.mlp_ratio, dropout=self.dropout, attn_dropout=self.attn_dropout,
           drop_path=self.drop_path * i / max(self.depth - 1, 1), layer_scale=self.layer_scale,
-          rgb_merge=self.rgb_merge, rgb_query_pos=self.rgb_query_pos, dtype=self.dtype,
-          name=f"block{i}")(
+          rgb_merge=self.rgb_merge, rgb_query_pos=self.rgb_query_pos,
+          sampler_backward=self.sampler_backward, dtype=self.dtype, name=f"block{i}")(
               rgb, cross, pose, pose_pos, person_mask, not train)
 
     cls = layer_norm("norm_out", self.dtype)(cross.mean(axis=(1, 2)))

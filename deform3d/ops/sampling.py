@@ -121,6 +121,23 @@ def _sample_bwd(align_corners, padding_mode, backward, residuals, cot):
 _sample_custom_vjp.defvjp(_sample_fwd, _sample_bwd)
 
 BACKWARDS = ("autodiff", "onehot", "sorted")
+# ``backward="auto"``: the variant measured fastest on each backend (docs/performance.md,
+# "Sampler backward variants"). On the 2-core CPU and on an H100 (jaxlib 0.11.2) that is
+# autodiff's scatter-add, alone and in the paper-scale training step; the slow GPU scatter-add
+# reported for jaxlib 0.10.2-0.11.0 did not show there. A backend where it does gets its entry
+# here. Backends not listed (TPU: not measured) use autodiff.
+AUTO_BACKWARD = {"cpu": "autodiff", "gpu": "autodiff"}
+
+
+def resolve_backward(backward: str, platform: str | None = None) -> str:
+  """``backward`` itself, or for ``"auto"`` the variant of ``AUTO_BACKWARD`` for ``platform``
+  (default: JAX's default backend, as seen when the caller is traced)."""
+  if backward == "auto":
+    return AUTO_BACKWARD.get(platform or jax.default_backend(), "autodiff")
+  if backward not in BACKWARDS:
+    raise ValueError(f"grid_sample_3d: backward must be one of {BACKWARDS + ('auto',)}, got "
+                     f"{backward!r}")
+  return backward
 
 
 @functools.partial(jax.jit, static_argnames=("align_corners", "padding_mode", "backward"))
@@ -136,7 +153,8 @@ def grid_sample_3d(volume: jax.Array, grid: jax.Array, *, align_corners: bool = 
     backward: how the gradient w.r.t. ``volume`` is formed. ``"autodiff"``: JAX's transpose
       of the gather (a scatter-add). ``"onehot"``: a one-hot matmul per batch item (small
       volumes). ``"sorted"``: a sorted segment sum. All three give the same values (tested);
-      the grid gradient is always autodiff's.
+      the grid gradient is always autodiff's. ``"auto"``: the one of ``AUTO_BACKWARD`` for the
+      default backend.
 
   Returns:
     ``(N, *S, C)`` samples in ``volume.dtype``. Coordinates and weights are computed in the
@@ -151,8 +169,7 @@ def grid_sample_3d(volume: jax.Array, grid: jax.Array, *, align_corners: bool = 
   if padding_mode not in _PADDING_MODES:
     raise ValueError(f"grid_sample_3d: padding_mode must be one of {_PADDING_MODES}, "
                      f"got {padding_mode!r}")
-  if backward not in BACKWARDS:
-    raise ValueError(f"grid_sample_3d: backward must be one of {BACKWARDS}, got {backward!r}")
+  backward = resolve_backward(backward)
   if backward == "autodiff":
     return _sample(volume, grid, align_corners, padding_mode)
   return _sample_custom_vjp(volume, grid, align_corners, padding_mode, backward)
