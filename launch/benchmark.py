@@ -1,6 +1,6 @@
 """Benchmarks, side by side in one run: ``python launch/benchmark.py [--out results.json]``.
 
-Three suites (``--suite model|sampler|all``, and ``paper``):
+Suites (``--suite model|sampler|all``, and ``paper``, ``matmul``):
 
 * ``model``: the full ``Deform3DTransformer``, forward (eval) and forward+backward (cross-entropy
   and all parameter gradients) at several sizes and dtypes, next to the PyTorch reference
@@ -16,6 +16,9 @@ Three suites (``--suite model|sampler|all``, and ``paper``):
   peak memory is its own: compile time, step time (min/median/max), forward time, peak memory,
   XLA's FLOP count and the FLOP/s reached. Rows stop being started after ``--budget_s``; the
   JSON is rewritten after every row. Meant for an accelerator: on CPU one row takes minutes.
+* ``matmul`` (not in ``all``): float32 and bfloat16 matmul GFLOP/s at the model's shapes under
+  several ``XLA_FLAGS`` sets (``XLA_FLAG_SETS``: XLA:CPU's oneDNN and XNNPACK paths), each in
+  its own process, beside torch's. ``taskset -c 0`` gives one core's numbers.
 
 Peak memory is, on CPU, the rise of the process's peak resident set over one step (Linux
 ``/proc/self/status`` VmHWM after resetting it), the same measure for both frameworks; on an
@@ -43,6 +46,76 @@ from deform3d.ops import grid_sample_3d  # noqa: E402
 # (name, N, D, H, W, C, points per item): the model's default use (batch 32 x 2 groups, 8x6x6
 # volume, 4x3x3 points) and a paper-scale layer (batch 8 x 2 groups, 16x28x28, 8x7x7 points).
 SIZES = [("embedded-default", 64, 8, 6, 6, 32, 36), ("paper-scale", 16, 16, 28, 28, 64, 392)]
+
+
+# --suite matmul: matmul throughput per dtype under XLA flag sets, each set in its own process
+# (XLA reads XLA_FLAGS once), beside torch's at the same shapes. Shapes (M, K, N): a square
+# product and the embedded model's largest dense layers (B=32 x T=8 x 35 tokens, C=64, MLP 4C).
+MATMUL_SHAPES = ((1024, 1024, 1024), (8960, 64, 256), (8960, 256, 64))
+XLA_FLAG_SETS = {
+    "default": "",
+    "onednn": "--xla_cpu_use_onednn=true",
+    "onednn_custom_call": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true",
+    "xnnpack": "--xla_cpu_use_xnnpack=true",
+}
+
+
+def matmul_rows(repeats, label, shapes=MATMUL_SHAPES):
+  """GFLOP/s of ``x @ w`` for each shape in float32 and bfloat16 (bf16 inputs and output,
+  float32 accumulation as in the model), min/median/max over ``repeats`` calls."""
+  rows = []
+  for m, k, n in shapes:
+    rng = np.random.default_rng(0)
+    for dtype in ("float32", "bfloat16"):
+      x = jnp.asarray(rng.standard_normal((m, k)), dtype)
+      w = jnp.asarray(rng.standard_normal((k, n)), dtype)
+      f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32).astype(a.dtype))
+      times = _times(lambda: jax.block_until_ready(f(x, w)), repeats)
+      rows.append({"impl": f"jax[{label}]", "shape": [m, k, n], "dtype": dtype,
+                   **{f"{q}_ms": 1e3 * t for q, t in times.items()},
+                   "gflops_per_s": 2 * m * k * n / times["median"] / 1e9})
+  return rows
+
+
+def torch_matmul_rows(repeats, shapes=MATMUL_SHAPES):
+  import torch
+  torch.set_num_threads(len(os.sched_getaffinity(0)))
+  rows = []
+  for m, k, n in shapes:
+    for dtype, tdt in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+      x, w = torch.randn(m, k, dtype=tdt), torch.randn(k, n, dtype=tdt)
+      times = _times(lambda: x @ w, repeats)
+      rows.append({"impl": "torch", "shape": [m, k, n], "dtype": dtype,
+                   **{f"{q}_ms": 1e3 * t for q, t in times.items()},
+                   "gflops_per_s": 2 * m * k * n / times["median"] / 1e9})
+  return rows
+
+
+def bench_matmul(repeats, flag_sets=tuple(XLA_FLAG_SETS), log=print):
+  """``--suite matmul``: every flag set of ``XLA_FLAG_SETS`` in a fresh process, then torch in
+  this one. Run it under ``taskset -c 0`` (and with 1 torch thread) for one core's numbers."""
+  import subprocess
+  rows = []
+  for name in flag_sets:
+    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " +
+                                      XLA_FLAG_SETS[name]).strip())
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--matmul_rows",
+                           json.dumps([repeats, name])], capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("[")]
+    if proc.returncode or not lines:
+      rows.append({"impl": f"jax[{name}]", "error": proc.stderr.strip()[-2000:]})
+      log(f"jax[{name}] FAILED: {proc.stderr.strip().splitlines()[-1:]}")
+      continue
+    rows += json.loads(lines[-1])
+  try:
+    rows += torch_matmul_rows(repeats)
+  except ImportError:
+    pass
+  for r in rows:
+    if "error" not in r:
+      log(f"{r['impl']:28} {str(tuple(r['shape'])):18} {r['dtype']:9} {r['median_ms']:9.3f} ms "
+          f"({r['min_ms']:.3f}-{r['max_ms']:.3f})  {r['gflops_per_s']:7.1f} GFLOP/s")
+  return rows
 
 
 def bench_sampler(repeats):
@@ -231,11 +304,11 @@ def _paper_line(r):
   if "error" in r:
     return f"{name} FAILED: {r['error'].splitlines()[-1] if r['error'] else '?'}"
   st, mem = r["step_ms"], r.get("peak_mem_mb")
-  tf = "-" if r.get("tflops_per_s") is None else f"{r['tflops_per_s']:.1f}"
+  tf = "-" if r.get("tflops_per_s") is None else f"{1e3 * r['tflops_per_s']:.1f}"
   return (f"{name} step {st['median']:8.1f} ms (min {st['min']:.1f}, max {st['max']:.1f})  "
           f"fwd {r['fwd_ms']['median']:8.1f} ms  {r['clips_per_s']:7.1f} clips/s  "
           f"compile {r['compile_s']:5.1f} s  peak {'-' if mem is None else f'{mem:.0f}'} MB  "
-          f"{tf} TFLOP/s")
+          f"{tf} GFLOP/s")
 
 
 def _proc_status(field):
@@ -479,8 +552,12 @@ def main():
   if len(sys.argv) == 3 and sys.argv[1] == "--paper_row":  # one row of --suite paper
     print(json.dumps(paper_row(*json.loads(sys.argv[2]))), flush=True)
     return
+  if len(sys.argv) == 3 and sys.argv[1] == "--matmul_rows":  # one flag set of --suite matmul
+    print(json.dumps(matmul_rows(*json.loads(sys.argv[2]))), flush=True)
+    return
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--suite", choices=("all", "model", "sampler", "paper"), default="all")
+  parser.add_argument("--suite", choices=("all", "model", "sampler", "paper", "matmul"),
+                      default="all")
   parser.add_argument("--batch", type=int, default=16, help="--suite paper: the batch")
   parser.add_argument("--paper_spec", default=PAPER_SPEC, help="--suite paper: the config")
   parser.add_argument("--paper_rows", default=None,
@@ -500,6 +577,8 @@ def main():
           "jax": jax.__version__, "python": platform.python_version(), **machine_info()}
   try:
     import torch
+    # As many threads as this process may use (``taskset -c 0`` = 1), like XLA:CPU's pool.
+    torch.set_num_threads(info["usable_cpus"])
     info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
   except ImportError:
     pass
@@ -519,6 +598,8 @@ def main():
   if args.suite in ("all", "sampler"):
     result["sampler"] = bench_sampler(args.repeats)
     print_sampler_table(result["sampler"])
+  if args.suite == "matmul":
+    result["matmul"] = bench_matmul(args.repeats)
   if args.suite == "paper":
     rows = PAPER_ROWS
     if args.paper_rows:
@@ -545,7 +626,8 @@ def _write(path, result):
 
 def machine_info():
   """The CPU's model, count and flags (``/proc/cpuinfo``) and the load average now."""
-  info = {"cpu_count": os.cpu_count(), "loadavg_before": os.getloadavg()}
+  info = {"cpu_count": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
+          "loadavg_before": os.getloadavg()}
   try:
     with open("/proc/cpuinfo") as fh:
       for line in fh:

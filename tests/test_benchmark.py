@@ -64,3 +64,16 @@ def test_paper_suite_records_a_failing_row_and_stops_at_the_budget():
                                budget_s=0.0, log=lambda s: None)
   (row,) = rows  # the second row is not started: the budget is spent
   assert row["dtype"] == "float8" and "dtype" in row["error"]
+
+
+def test_matmul_suite_runs_each_xla_flag_set_in_its_own_process():
+  rows = benchmark.bench_matmul(repeats=1, flag_sets=("default", "onednn"), log=lambda s: None)
+  by_impl = {}
+  for r in rows:
+    assert "error" not in r, r.get("error")
+    by_impl.setdefault(r["impl"], []).append(r)
+  assert {"jax[default]", "jax[onednn]"} <= set(by_impl)
+  for impl_rows in by_impl.values():
+    assert len(impl_rows) == 2 * len(benchmark.MATMUL_SHAPES)  # float32 and bfloat16 each
+    for r in impl_rows:
+      assert 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"] and r["gflops_per_s"] > 0
