@@ -391,7 +391,7 @@ def _build(config, dtype, batch):
   return model, params, (frames, keypoints, labels), label
 
 
-def _jax_impl(model, params, data):
+def _jax_impl(model, params, data, impl="jax"):
   """The jitted JAX forward and step as zero-argument callables, with compile times."""
   import optax
   frames, keypoints, labels = data
@@ -408,7 +408,7 @@ def _jax_impl(model, params, data):
   compile_s = time.perf_counter() - t
   t = time.perf_counter()
   fwd_compiled = fwd.lower(params, *xs[:2]).compile()
-  info = {"impl": "jax", "compile_s": compile_s, "compile_fwd_s": time.perf_counter() - t}
+  info = {"impl": impl, "compile_s": compile_s, "compile_fwd_s": time.perf_counter() - t}
   try:
     info["xla_temp_mb"] = _mb(compiled.memory_analysis().temp_size_in_bytes)
   except Exception:  # not every backend reports it
@@ -451,11 +451,12 @@ def _torch_impls(model, params, data, dtype, torch_compile):
   return impls
 
 
-def _paired_times(fns, repeats, pause_s=0.05):
+def _paired_times(fns, repeats, pause_s=0.05, spread=None):
   """Median seconds of each callable, measured in alternation: repeat r times every callable
   once, in turn, so that all of them see the same state of a shared machine (on a busy 2-core
   VM a whole minute's drift would otherwise enter the ratios). The pause lets one framework's
-  worker threads go idle before the other runs."""
+  worker threads go idle before the other runs. ``spread``, a list, receives each callable's
+  ``(min, max)`` seconds."""
   for fn in fns:
     fn()  # warm up
   times = [[] for _ in fns]
@@ -466,13 +467,18 @@ def _paired_times(fns, repeats, pause_s=0.05):
       t = time.perf_counter()
       fn()
       times[i].append(time.perf_counter() - t)
+  if spread is not None:
+    spread.extend((float(np.min(t)), float(np.max(t))) for t in times)
   return [float(np.median(t)) for t in times]
 
 
-def bench_model(repeats, sizes=None, dtypes=DTYPES, torch_compile=False, log=print):
+def bench_model(repeats, sizes=None, dtypes=DTYPES, torch_compile=False, jax_plain=False,
+                log=print):
   """Rows of the full-model suite (one per size x dtype x implementation). For each size and
   dtype the implementations' steps are timed in alternation (``_paired_times``), then their
-  peak memory one at a time."""
+  peak memory one at a time. "jax" is the config's model (``fast=True``); with ``jax_plain``,
+  "jax plain" is the same model and parameters with the plain modules (``fast=False``), the
+  same program as the torch reference."""
   try:
     import torch  # noqa: F401
     import torch_reference  # noqa: F401
@@ -486,15 +492,21 @@ def bench_model(repeats, sizes=None, dtypes=DTYPES, torch_compile=False, log=pri
     for dtype in dtypes:
       model, params, data, label = _build(config, dtype, batch)
       impls = [_jax_impl(model, params, data)]
+      if jax_plain:
+        impls.append(_jax_impl(model.clone(fast=False), params, data, "jax plain"))
       if with_torch:
         impls += _torch_impls(model, params, data, dtype, torch_compile)
-      fwd_s = _paired_times([f for _, f, _ in impls], repeats)
-      step_s = _paired_times([s for _, _, s in impls], repeats)
+      fwd_spread, step_spread = [], []
+      fwd_s = _paired_times([f for _, f, _ in impls], repeats, spread=fwd_spread)
+      step_s = _paired_times([s for _, _, s in impls], repeats, spread=step_spread)
       new = []
-      for (info, _, run_step), f, st in zip(impls, fwd_s, step_s):
+      for (info, _, run_step), f, st, fs, ss in zip(impls, fwd_s, step_s, fwd_spread,
+                                                     step_spread):
         _trim()
-        device = jax.devices()[0] if info["impl"] == "jax" else None
+        device = jax.devices()[0] if info["impl"].startswith("jax") else None
         row = dict(info, fwd_ms=1e3 * f, fwd_bwd_ms=1e3 * st,
+                   fwd_ms_min_max=[1e3 * x for x in fs],
+                   fwd_bwd_ms_min_max=[1e3 * x for x in ss],
                    peak_mem_mb=_mb(peak_memory(run_step, device)), size=name,
                    label=f"{name} {label}", dtype=dtype, batch=batch)
         new.append(row)
@@ -522,8 +534,10 @@ def _mb(n):
 
 def _row_line(r):
   mem = "-" if r.get("peak_mem_mb") is None else f"{r['peak_mem_mb']:.0f}"
+  lo, hi = r.get("fwd_bwd_ms_min_max", (float("nan"),) * 2)
   return (f"{r['label']:48} {r['impl']:14} fwd {r['fwd_ms']:9.2f} ms  fwd+bwd "
-          f"{r['fwd_bwd_ms']:9.2f} ms  compile {r['compile_s']:6.1f} s  peak +{mem} MB")
+          f"{r['fwd_bwd_ms']:9.2f} ms ({lo:.1f}-{hi:.1f})  compile {r['compile_s']:6.1f} s  "
+          f"peak +{mem} MB")
 
 
 def print_model_table(rows):
@@ -571,6 +585,9 @@ def main():
   parser.add_argument("--dtypes", default=",".join(DTYPES))
   parser.add_argument("--torch_compile", action="store_true",
                       help="also time torch.compile of the reference (needs a C++ compiler)")
+  parser.add_argument("--jax_plain", action="store_true",
+                      help="also time the JAX model with the plain modules (model.fast=False), "
+                           "the program the torch reference computes")
   parser.add_argument("--out", default=None, help="write the rows and device info as JSON")
   args = parser.parse_args()
   info = {"device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
@@ -593,7 +610,7 @@ def main():
         parser.error(f"--sizes {bad} unknown; choose from {sorted(known)}")
       sizes = [known[n] for n in args.sizes.split(",")]
     result["model"] = bench_model(args.repeats, sizes, args.dtypes.split(","),
-                                  args.torch_compile)
+                                  args.torch_compile, args.jax_plain)
     print_model_table(result["model"])
   if args.suite in ("all", "sampler"):
     result["sampler"] = bench_sampler(args.repeats)

@@ -359,7 +359,8 @@ def test_bad_config_and_inputs_raise(rng):
 
 def test_sampler_backward_reaches_the_sampler(rng):
   """``sampler_backward`` selects grid_sample_3d's gradient (the variants are checked equal in
-  tests/test_sampling.py): traced only, the custom VJP appears exactly when it is asked for."""
+  tests/test_sampling.py): traced only, the sampler's custom VJP (``_sample_bwd``) appears
+  exactly when it is asked for."""
   frames, keypoints = make_inputs(rng)
   variables = jax.eval_shape(build_model(TINY).init, jax.random.key(0), frames, keypoints)
 
@@ -367,8 +368,8 @@ def test_sampler_backward_reaches_the_sampler(rng):
     model = build_model({**TINY, "sampler_backward": backward})
     return str(jax.make_jaxpr(lambda v: model.apply(v, frames, keypoints))(variables))
 
-  assert "custom_vjp" in jaxpr("sorted") and "custom_vjp" in jaxpr("onehot")
-  assert "custom_vjp" not in jaxpr("autodiff") and "custom_vjp" not in jaxpr("auto")
+  assert "_sample_bwd" in jaxpr("sorted") and "_sample_bwd" in jaxpr("onehot")
+  assert "_sample_bwd" not in jaxpr("autodiff") and "_sample_bwd" not in jaxpr("auto")
 
 
 def test_learns_a_tiny_cross_modal_problem():
