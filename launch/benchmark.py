@@ -31,6 +31,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import sys
 import time
 
@@ -194,6 +195,31 @@ def _flops(compiled):
   return None if not cost or "flops" not in cost else float(cost["flops"])
 
 
+_NOT_KERNELS = ("parameter", "constant", "tuple", "get-tuple-element", "bitcast")
+
+
+def xla_stats(compiled):
+  """What XLA made of a compiled program: its temporary buffer size and its op count, i.e. the
+  instructions of the optimized entry computation that run as kernels (fusions, dots, custom
+  calls, ...; not parameters, constants, tuples or bitcasts). Empty where a backend does not
+  report them."""
+  stats = {}
+  try:
+    stats["xla_temp_mb"] = _mb(compiled.memory_analysis().temp_size_in_bytes)
+  except Exception:  # not every backend reports it
+    pass
+  try:
+    text = compiled.as_text()
+  except Exception:
+    return stats
+  entry = text[text.index("\nENTRY"):] if "\nENTRY" in text else ""
+  entry = entry[:entry.find("\n}") + 1]
+  ops = re.findall(r"^\s*(?:ROOT )?\S+ = [^=]*? ([a-z][\w-]*)\(", entry, re.M)
+  stats["xla_ops"] = sum(op not in _NOT_KERNELS for op in ops)
+  stats["xla_fusions"] = sum(op == "fusion" for op in ops)
+  return stats
+
+
 def paper_row(spec, batch, dtype, backward, fast, repeats):
   """One row of ``--suite paper``, measured in this process (see the module docstring)."""
   import optax
@@ -252,10 +278,7 @@ def paper_row(spec, batch, dtype, backward, fast, repeats):
          "clips_per_s": batch / step_s["median"], "peak_mem_mb": _mb(peak),
          "step_tflops": None if flops is None else flops / 1e12,
          "tflops_per_s": None if flops is None else flops / 1e12 / step_s["median"]}
-  try:
-    row["xla_temp_mb"] = _mb(compiled.memory_analysis().temp_size_in_bytes)
-  except Exception:  # not every backend reports it
-    pass
+  row.update(xla_stats(compiled))
   return row
 
 
@@ -308,7 +331,7 @@ def _paper_line(r):
   return (f"{name} step {st['median']:8.1f} ms (min {st['min']:.1f}, max {st['max']:.1f})  "
           f"fwd {r['fwd_ms']['median']:8.1f} ms  {r['clips_per_s']:7.1f} clips/s  "
           f"compile {r['compile_s']:5.1f} s  peak {'-' if mem is None else f'{mem:.0f}'} MB  "
-          f"{tf} GFLOP/s")
+          f"{tf} GFLOP/s  {r.get('xla_ops', '-')} XLA ops")
 
 
 def _proc_status(field):
@@ -409,10 +432,7 @@ def _jax_impl(model, params, data, impl="jax"):
   t = time.perf_counter()
   fwd_compiled = fwd.lower(params, *xs[:2]).compile()
   info = {"impl": impl, "compile_s": compile_s, "compile_fwd_s": time.perf_counter() - t}
-  try:
-    info["xla_temp_mb"] = _mb(compiled.memory_analysis().temp_size_in_bytes)
-  except Exception:  # not every backend reports it
-    pass
+  info.update(xla_stats(compiled))
   return (info, lambda: jax.block_until_ready(fwd_compiled(params, *xs[:2])),
           lambda: jax.block_until_ready(compiled(params, *xs)))
 
@@ -537,7 +557,7 @@ def _row_line(r):
   lo, hi = r.get("fwd_bwd_ms_min_max", (float("nan"),) * 2)
   return (f"{r['label']:48} {r['impl']:14} fwd {r['fwd_ms']:9.2f} ms  fwd+bwd "
           f"{r['fwd_bwd_ms']:9.2f} ms ({lo:.1f}-{hi:.1f})  compile {r['compile_s']:6.1f} s  "
-          f"peak +{mem} MB")
+          f"peak +{mem} MB  {r.get('xla_ops', '-')} XLA ops")
 
 
 def print_model_table(rows):

@@ -32,6 +32,7 @@ def test_model_benchmark_reports_jax_and_the_torch_reference():
   for r in rows[1:]:
     assert abs(r["fwd_bwd_speedup_of_jax"] - r["fwd_bwd_ms"] / rows[0]["fwd_bwd_ms"]) < 1e-9
   assert rows[1]["compile_s"] > 0  # the plain modules are their own program
+  assert rows[0]["xla_ops"] > 0 and rows[1]["xla_ops"] > 0 and "xla_ops" not in rows[2]
 
 
 def test_paper_suite_writes_its_json(tmp_path):
@@ -61,6 +62,7 @@ def test_paper_suite_writes_its_json(tmp_path):
   assert row["fwd_ms"]["median"] > 0 and row["compile_s"] > 0 and row["params"] > 0
   assert row["clips_per_s"] == pytest.approx(2 / (step["median"] / 1e3))
   assert row["step_tflops"] > 0 and row["peak_mem_mb"] is not None
+  assert 0 < row["xla_fusions"] <= row["xla_ops"]
 
 
 def test_paper_suite_records_a_failing_row_and_stops_at_the_budget():
