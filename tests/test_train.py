@@ -106,6 +106,21 @@ def test_workdir_of_another_config_is_refused(data_dir, tmp_path):
     run(other, str(tmp_path))
 
 
+def test_fingerprint_ignores_only_how_the_model_is_computed(data_dir):
+  config = tiny_config(data_dir)
+  want = trainer.fingerprint(config)
+  assert trainer.fingerprint_diff(want, want) == []
+  # A checkpoint written before ``sampler_backward`` existed, or with other computation-only
+  # settings, is the same model.
+  old = {**want, "model": {k: v for k, v in want["model"].items() if k != "sampler_backward"}}
+  old["model"]["fast"], old["model"]["remat"] = not want["model"]["fast"], True
+  assert trainer.fingerprint_diff(old, want) == []
+  # Anything else is another model.
+  other = {**want, "model": {**want["model"], "embed_dim": 48, "dtype": "bfloat16"}}
+  assert trainer.fingerprint_diff(other, want) == ["dtype", "embed_dim"]
+  assert trainer.fingerprint_diff({**want, "num_classes": 5}, want) == ["num_classes"]
+
+
 def test_classification_metrics_by_hand():
   logits = np.array([[3, 2, 1, 0], [0, 3, 2, 1], [0, 1, 3, 2], [3, 0, 1, 2], [0, 1, 2, 3.0]])
   labels = np.array([0, 1, 3, 3, 3])

@@ -55,6 +55,22 @@ def make_optimizer(config: ml_collections.ConfigDict):
   return tx, schedule
 
 
+# Model settings that change how the model is computed, never its parameters or its function
+# (docs/model.md, "Options"): a checkpoint resumes under any value of them, also one written
+# before such a setting existed.
+COMPUTATION_ONLY = ("fast", "remat", "sampler_backward")
+
+
+def fingerprint_diff(got: dict, want: dict) -> list:
+  """The model settings (and ``"num_classes"``) in which two fingerprints differ, leaving out
+  ``COMPUTATION_ONLY``; empty when a checkpoint of ``got`` may be restored under ``want``."""
+  keys = (set(got["model"]) | set(want["model"])) - set(COMPUTATION_ONLY)
+  diff = sorted(k for k in keys if got["model"].get(k) != want["model"].get(k))
+  if got.get("num_classes") != want.get("num_classes") and "num_classes" not in diff:
+    diff.append("num_classes")
+  return diff
+
+
 def fingerprint(config: ml_collections.ConfigDict) -> dict:
   """What a checkpoint must agree on to be resumed: the model's full settings (its variant's
   sizes included) and the label space."""
@@ -179,9 +195,8 @@ def restore_step(trainer: Trainer, mngr: ocp.CheckpointManager, config, step: in
   # Check the configuration first: restoring arrays of other shapes fails with obscure errors.
   got = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   want = fingerprint(config)
-  if got != want:
-    diff = sorted(k for k in set(got["model"]) | set(want["model"])
-                  if got["model"].get(k) != want["model"].get(k))
+  diff = fingerprint_diff(got, want)
+  if diff:
     raise ConfigMismatchError(
         f"{mngr.directory}: checkpoint at step {step} was written by another configuration "
         f"(differs in model.{', model.'.join(diff)}); use a fresh --workdir or the original "
