@@ -72,10 +72,15 @@ def matmul_rows(repeats, label, shapes=MATMUL_SHAPES):
       w = jnp.asarray(rng.standard_normal((k, n)), dtype)
       f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32).astype(a.dtype))
       times = _times(lambda: jax.block_until_ready(f(x, w)), repeats)
-      rows.append({"impl": f"jax[{label}]", "shape": [m, k, n], "dtype": dtype,
-                   **{f"{q}_ms": 1e3 * t for q, t in times.items()},
-                   "gflops_per_s": 2 * m * k * n / times["median"] / 1e9})
+      rows.append(_matmul_row(f"jax[{label}]", (m, k, n), dtype, times))
   return rows
+
+
+def _matmul_row(impl, shape, dtype, times):
+  m, k, n = shape
+  return {"impl": impl, "shape": [m, k, n], "dtype": dtype,
+          **{f"{q}_ms": 1e3 * t for q, t in times.items()},
+          "gflops_per_s": 2 * m * k * n / times["median"] / 1e9}
 
 
 def torch_matmul_rows(repeats, shapes=MATMUL_SHAPES):
@@ -86,28 +91,23 @@ def torch_matmul_rows(repeats, shapes=MATMUL_SHAPES):
     for dtype, tdt in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
       x, w = torch.randn(m, k, dtype=tdt), torch.randn(k, n, dtype=tdt)
       times = _times(lambda: x @ w, repeats)
-      rows.append({"impl": "torch", "shape": [m, k, n], "dtype": dtype,
-                   **{f"{q}_ms": 1e3 * t for q, t in times.items()},
-                   "gflops_per_s": 2 * m * k * n / times["median"] / 1e9})
+      rows.append(_matmul_row("torch", (m, k, n), dtype, times))
   return rows
 
 
 def bench_matmul(repeats, flag_sets=tuple(XLA_FLAG_SETS), log=print):
   """``--suite matmul``: every flag set of ``XLA_FLAG_SETS`` in a fresh process, then torch in
   this one. Run it under ``taskset -c 0`` (and with 1 torch thread) for one core's numbers."""
-  import subprocess
   rows = []
   for name in flag_sets:
     env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " +
                                       XLA_FLAG_SETS[name]).strip())
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--matmul_rows",
-                           json.dumps([repeats, name])], capture_output=True, text=True, env=env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("[")]
-    if proc.returncode or not lines:
-      rows.append({"impl": f"jax[{name}]", "error": proc.stderr.strip()[-2000:]})
-      log(f"jax[{name}] FAILED: {proc.stderr.strip().splitlines()[-1:]}")
+    result, error = _child("--matmul_rows", [repeats, name], env)
+    if error is not None:
+      rows.append({"impl": f"jax[{name}]", "error": error})
+      log(f"jax[{name}] FAILED: {error.splitlines()[-1:]}")
       continue
-    rows += json.loads(lines[-1])
+    rows += result
   try:
     rows += torch_matmul_rows(repeats)
   except ImportError:
@@ -284,14 +284,21 @@ def paper_row(spec, batch, dtype, backward, fast, repeats):
 
 def _times(fn, repeats):
   """min/median/max seconds of ``fn`` over ``repeats`` calls after one warm-up call."""
-  fn()
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return {"min": float(np.min(times)), "median": float(np.median(times)),
-          "max": float(np.max(times))}
+  spread = []
+  median = _paired_times([fn], repeats, pause_s=0.0, spread=spread)[0]
+  return {"min": spread[0][0], "median": median, "max": spread[0][1]}
+
+
+def _child(flag, args, env=None):
+  """Runs ``flag`` (``--paper_row`` / ``--matmul_rows``) of this script on ``args`` in a fresh
+  process: ``(its JSON result, None)``, or ``(None, the end of its error output)``."""
+  import subprocess
+  proc = subprocess.run([sys.executable, os.path.abspath(__file__), flag, json.dumps(args)],
+                        capture_output=True, text=True, env=env)
+  lines = [line for line in proc.stdout.splitlines() if line.startswith(("{", "["))]
+  if proc.returncode == 0 and lines:
+    return json.loads(lines[-1]), None
+  return None, (proc.stderr or proc.stdout).strip()[-2000:]
 
 
 def bench_paper(spec=PAPER_SPEC, batch=16, repeats=10, rows=PAPER_ROWS, budget_s=None,
@@ -299,22 +306,16 @@ def bench_paper(spec=PAPER_SPEC, batch=16, repeats=10, rows=PAPER_ROWS, budget_s
   """``--suite paper``: each row of ``rows`` in a fresh process (``paper_row``). A row that
   fails (e.g. out of memory) is recorded with its error; after the first row, none is started
   once ``budget_s`` seconds have passed. ``on_row(rows so far)`` is called after every row."""
-  import subprocess
   done = []
   start = time.perf_counter()
   for dtype, backward, fast in rows:
     if done and budget_s is not None and time.perf_counter() - start > budget_s:
       log(f"# budget of {budget_s} s spent: row {dtype}/{backward}/fast={fast} not started")
       break
-    cmd = [sys.executable, os.path.abspath(__file__), "--paper_row",
-           json.dumps([spec, batch, dtype, backward, fast, repeats])]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode == 0 and lines:
-      row = json.loads(lines[-1])
-    else:
+    row, error = _child("--paper_row", [spec, batch, dtype, backward, fast, repeats])
+    if error is not None:
       row = {"spec": spec, "batch": batch, "dtype": dtype, "sampler_backward": backward,
-             "fast": fast, "error": (proc.stderr or proc.stdout).strip()[-2000:]}
+             "fast": fast, "error": error}
     done.append(row)
     log(_paper_line(row))
     if on_row:
