@@ -25,9 +25,10 @@ by itself when the directory is missing).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -40,7 +41,11 @@ CLASSES = ("wave_red_flag", "wave_blue_flag", "clap", "squat", "jump", "kick", "
 PARTNER = {"greeting_returned": "wave_back", "greeting_ignored": "idle"}
 FLAG_COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220)}
 SPLITS = {"train": (2000, 8, 101), "val": (300, 2, 202), "test": (500, 2, 303)}  # n, shards, seed
-DATASET_VERSION = "1.2.0"  # 1.2.0: the two-person classes
+DATASET_VERSION = "1.3.0"  # 1.2.0: the two-person classes; 1.3.0: ground truth (same clips)
+# A joint "moves" when its RMS displacement relative to the mid-hip, over the clip, is at least
+# this fraction of the body height (ours). Joints an action does not animate move exactly 0;
+# the smallest animated motion (eyes turning, ankles in a jump) is about 0.02.
+MOVING_THRESHOLD = 0.015
 
 
 def _limb(origin, angle, length, side):
@@ -143,9 +148,24 @@ def _draw_points(frames, pts, colour, radius):
     frames[fi[ok], y[ok], x[ok]] = colour
 
 
-def render_clip(label: int, rng: np.random.Generator, num_frames: int = 32, size: int = 56):
+def joint_motion(person: np.ndarray, height: float) -> np.ndarray:
+  """RMS displacement ``(17,)`` of each joint of a noise-free skeleton ``(F, 17, 2)`` relative to
+  its mid-hip over the clip, in units of the body ``height``: what the action animates, without
+  the body's own travel (walk, jump, sway) or the camera jitter."""
+  rel = person - person[:, 11:13].mean(axis=1, keepdims=True)
+  return np.sqrt(((rel - rel.mean(axis=0)) ** 2).sum(-1).mean(0)) / height
+
+
+def render_clip(label: int, rng: np.random.Generator, num_frames: int = 32, size: int = 56,
+                truth: bool = False):
   """Renders one clip of class ``label``: frames (F, S, S, 3) uint8, keypoints (M, F, 17, 2) and
-  scores (M, F, 17) of its ``M`` persons (2 for the classes of ``PARTNER``, else 1)."""
+  scores (M, F, 17) of its ``M`` persons (2 for the classes of ``PARTNER``, else 1).
+
+  ``truth=True`` also returns the clip's ground truth (it draws no random numbers, so the clip is
+  the same): ``motion (M, 17)`` (``joint_motion``), ``moving (M, 17)`` (motion at least
+  ``MOVING_THRESHOLD``), and ``flag``: ``None`` or the flag's ``colour``, ``cue`` (True when the
+  colour is the class, the wave classes; else a distractor) and ``xy (F, 2)``, the pixel centre
+  of its disc in every frame."""
   name = CLASSES[label]
   two = name in PARTNER
   action = "reach" if two else "wave" if name.startswith("wave") else name
@@ -159,12 +179,15 @@ def render_clip(label: int, rng: np.random.Generator, num_frames: int = 32, size
   u = np.arange(num_frames) / num_frames
   phase = 2 * np.pi * cycles * u + rng.uniform(0, 2 * np.pi)
   people = [skeleton(action, phase, u, body)]
+  heights = [body["height"]]
   if two:
     other = {"height": body["height"] * rng.uniform(0.9, 1.1), "amplitude": rng.uniform(0.8, 1.2),
              "direction": 1}
     other["root"] = (body["root"][0] + rng.uniform(0.32, 0.4) * size,
                      body["root"][1] + rng.uniform(-0.03, 0.03) * size)
     people.append(skeleton(PARTNER[name], phase + rng.uniform(-0.3, 0.3), u, other))
+    heights.append(other["height"])
+  motion = np.stack([joint_motion(p, hgt) for p, hgt in zip(people, heights)])
   jitter = np.cumsum(rng.normal(0, 0.6, (num_frames, 2)), axis=0)
   people = [p + jitter[:, None] for p in people]
   joints = people[0]
@@ -201,10 +224,13 @@ def render_clip(label: int, rng: np.random.Generator, num_frames: int = 32, size
     flag = "blue"
   elif rng.random() < 0.5:
     flag = rng.choice(["red", "blue"])
+  flag_truth = None
   if flag is not None:
     up = np.array([0.0, -0.08 * body["height"]])
     flag_pts = joints[:, 10:11] + up
     _draw_points(frames, flag_pts, FLAG_COLOURS[flag], radius=3)
+    flag_truth = {"colour": str(flag), "cue": name.startswith("wave"),
+                  "xy": np.rint(flag_pts[:, 0]).astype(int)}
 
   frames = np.clip(frames + rng.normal(0, 4, frames.shape), 0, 255).astype(np.uint8)
   people = np.stack(people)                                               # (M, F, 17, 2)
@@ -213,17 +239,50 @@ def render_clip(label: int, rng: np.random.Generator, num_frames: int = 32, size
   drop = rng.random(people.shape[:3]) < 0.05
   scores[drop] = 0.0
   kp[drop] = 0.0
+  if truth:
+    return (frames, kp.astype(np.float32), scores.astype(np.float32),
+            {"motion": motion, "moving": motion >= MOVING_THRESHOLD, "flag": flag_truth})
   return frames, kp.astype(np.float32), scores.astype(np.float32)
 
 
-def samples(split: str, num: int, seed: int, num_frames: int = 32, size: int = 56
-            ) -> Iterator[records.Sample]:
+def samples(split: str, num: int, seed: int, num_frames: int = 32, size: int = 56,
+            truth: Optional[dict] = None) -> Iterator[records.Sample]:
+  """The clips of ``split``; with a dict ``truth``, each clip's ground truth is put there under
+  its id (``ground_truth_entry``)."""
   rng = np.random.default_rng(seed)
   labels = np.arange(num) % len(CLASSES)
   rng.shuffle(labels)
   for i, label in enumerate(labels):
-    frames, kp, scores = render_clip(int(label), rng, num_frames, size)
-    yield records.Sample(frames, kp, scores, int(label), f"embedded/{split}/{i:05d}")
+    frames, kp, scores, t = render_clip(int(label), rng, num_frames, size, truth=True)
+    clip_id = f"embedded/{split}/{i:05d}"
+    if truth is not None:
+      truth[clip_id] = ground_truth_entry(t)
+    yield records.Sample(frames, kp, scores, int(label), clip_id)
+
+
+def ground_truth_entry(t: dict) -> dict:
+  """One clip's ground truth as JSON: moving joint indices and motion per person, the flag."""
+  flag = t["flag"]
+  return {"moving": [np.flatnonzero(m).tolist() for m in t["moving"]],
+          "motion": np.round(t["motion"], 4).tolist(),
+          "flag": None if flag is None else {"colour": flag["colour"], "cue": bool(flag["cue"]),
+                                             "xy": flag["xy"].tolist()}}
+
+
+def ground_truth_path(data_dir: str, split: str) -> str:
+  return os.path.join(data_dir, f"{split}-ground_truth.json")
+
+
+def read_ground_truth(data_dir: str, split: str) -> dict:
+  """``{clip id: {"moving": [[joint, ...] per person], "motion": [[17 floats] per person],
+  "flag": None | {"colour", "cue", "xy" (F, 2) pixels}}}`` of a split (dataset >= 1.3.0)."""
+  path = ground_truth_path(data_dir, split)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no ground truth; the embedded dataset writes it from "
+                            "version 1.3.0 on (rebuild: python -m data_pipelines.embedded "
+                            f"--out {data_dir})")
+  with open(path) as fh:
+    return json.load(fh)["clips"]
 
 
 def build(out_dir: str, sizes: dict = SPLITS, num_frames: int = 32, size: int = 56,
@@ -232,9 +291,16 @@ def build(out_dir: str, sizes: dict = SPLITS, num_frames: int = 32, size: int = 
   records.write_classes(out_dir, CLASSES)
   for split, (num, shards, seed) in sizes.items():
     start = time.time()
-    summary = records.write_split(out_dir, split, samples(split, num, seed, num_frames, size),
+    truth = {}
+    summary = records.write_split(out_dir, split,
+                                  samples(split, num, seed, num_frames, size, truth),
                                   num_shards=shards, num_classes=len(CLASSES),
                                   num_joints=len(COCO17))
+    with open(ground_truth_path(out_dir, split), "w") as fh:
+      json.dump({"joints": list(COCO17), "moving_threshold": MOVING_THRESHOLD,
+                 "motion": "RMS displacement relative to the mid-hip / body height",
+                 "flag_xy": "pixels of the raw frame (before the input pipeline's crop)",
+                 "clips": truth}, fh)
     if verbose:
       print(f"embedded dataset: wrote {split}: {summary['num_examples']} clips in {shards} shards "
             f"({time.time() - start:.1f}s) -> {out_dir}", flush=True)

@@ -35,7 +35,21 @@ _CLASS = flags.DEFINE_string("class_name", None, "Explain clips of this class on
 _NUM = flags.DEFINE_integer("num", 1, "Clips per class (with --class_name or by default).")
 _BLOCKS = flags.DEFINE_list("blocks", None, "Blocks averaged in the summary maps (default: the "
                             "first; every block's maps are in the JSON). docs/explain.md says why.")
-_OUT = flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/explain_SPLIT).")
+_OUT = flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/explain_SPLIT, "
+                           "explain_SPLIT_METHOD for other methods than attention).")
+_METHOD = flags.DEFINE_enum("method", "attention", ["attention", "rollout", "grad_attention",
+                                                    "integrated_gradients"],
+                            "How joint importance is computed (deform3d/explain/methods.py); "
+                            "every PNG names it.")
+_STEPS = flags.DEFINE_integer("steps", 16, "Integrated gradients: path steps.")
+_FAITHFULNESS = flags.DEFINE_bool("faithfulness", False, "Instead of PNGs: score every method "
+                                  "on the split against the ground truth (embedded dataset) and "
+                                  "by deleting its top-k joints vs k random ones; writes "
+                                  "faithfulness.json/.png/.md to --out.")
+_METHODS = flags.DEFINE_list("methods", None, "--faithfulness: the methods (default: all).")
+_KS = flags.DEFINE_list("ks", ["1", "3", "5"], "--faithfulness: joints deleted.")
+_MAX_CLIPS = flags.DEFINE_integer("max_clips", None, "--faithfulness: the first N clips only.")
+_BATCH = flags.DEFINE_integer("batch", 50, "--faithfulness: clips per model call.")
 
 
 def select(labels, classes, clips=None, class_name=None, num=1):
@@ -89,7 +103,7 @@ def load_clips(config, split, positions):
   return frames, keypoints, labels, ids, pixels
 
 
-def plot_summary(path, lifts, joint_names, classes):
+def plot_summary(path, lifts, joint_names, classes, method="attention"):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -102,9 +116,157 @@ def plot_summary(path, lifts, joint_names, classes):
   ax.set_xticklabels(joint_names, rotation=70, fontsize=7)
   ax.set_yticks(range(len(names)))
   ax.set_yticklabels([f"{classes[c]} ({len(lifts[c])})" for c in names], fontsize=7)
-  ax.set_title("joint lift over uniform attention, mean over explained clips (1 = chance)",
-               fontsize=9)
+  what = ("joint lift over uniform attention" if method == "attention" else
+          f"[{method}] joint importance over uniform")
+  ax.set_title(f"{what}, mean over explained clips (1 = chance)", fontsize=9)
   fig.colorbar(im, ax=ax, fraction=0.03)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _batched(fn, n, batch, label):
+  """Calls ``fn(slice)`` over ``n`` clips in batches, printing progress; concatenates dicts."""
+  import time
+  import numpy as np
+  start, parts = time.time(), []
+  for i in range(0, n, batch):
+    parts.append(fn(slice(i, min(i + batch, n))))
+    done = min(i + batch, n)
+    rate = done / max(time.time() - start, 1e-9)
+    print(f"  {label}: {done}/{n} clips | {rate:.1f} clips/s | ETA {(n - done) / rate:.0f}s",
+          flush=True)
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]
+          if isinstance(parts[0][k], np.ndarray)}
+
+
+def run_faithfulness(config, model, params, split, classes, step, out):
+  """``--faithfulness``: every method's agreement with the ground truth and deletion test."""
+  import jax
+  import numpy as np
+  from data_pipelines import embedded, input_pipeline
+  from deform3d.explain import faithfulness as fm
+  from deform3d.explain import methods as em
+  from deform3d.models.stride_attention import persons_present
+
+  if config.dataset.name != "embedded":
+    raise SystemExit("--faithfulness needs ground truth, which only the embedded dataset has "
+                     f"(config.dataset.name={config.dataset.name!r})")
+  try:
+    truth = embedded.read_ground_truth(config.dataset.data_dir, split)
+  except FileNotFoundError as e:
+    raise SystemExit(str(e))
+  n = len(input_pipeline.eval_labels(config.dataset.data_dir, split))
+  n = n if _MAX_CLIPS.value is None else min(n, _MAX_CLIPS.value)
+  frames, keypoints, labels, ids, _ = load_clips(config, split, list(range(n)))
+  kp5 = keypoints if keypoints.ndim == 5 else keypoints[:, None]
+  persons, joints = kp5.shape[1], kp5.shape[3]
+  valid = np.repeat(persons_present(kp5), joints, axis=1)                 # (N, P * J)
+  moving = np.zeros_like(valid)
+  for i, clip_id in enumerate(ids):
+    for m, js in enumerate(truth[clip_id]["moving"][:persons]):
+      moving[i, m * joints + np.asarray(js, int)] = True
+  variables = {"params": params}
+  apply = jax.jit(lambda f, k: model.apply(variables, f, k, train=False))
+  batch = _BATCH.value
+  logits_of = lambda kp: _batched(lambda s: {"logits": np.asarray(apply(frames[s], kp[s]))}, n,
+                                  batch, "classify")["logits"]
+  base = logits_of(keypoints)
+  ks = [int(k) for k in _KS.value]
+  rng = np.random.default_rng(0)
+  report = {"checkpoint_step": int(step), "split": split, "clips": n, "ks": ks,
+            "accuracy": float((base.argmax(-1) == labels).mean()), "methods": {}}
+  random_rows = {}
+  for k in ks:  # three random draws per clip, averaged
+    draws = [fm.deletion_summary(labels, base, logits_of(fm.delete_joints(
+        keypoints, fm.random_k(valid, k, rng)))) for _ in range(3)]
+    random_rows[k] = {key: float(np.mean([d[key] for d in draws])) for key in draws[0]}
+  report["random"] = {"deletion": {str(k): v for k, v in random_rows.items()}}
+  for method in _METHODS.value or em.METHODS:
+    print(f"{method}:", flush=True)
+    res = _batched(lambda s: em.explain_batch(method, model, variables, frames[s], keypoints[s],
+                                              labels[s], steps=_STEPS.value), n,
+                   max(1, batch // 2) if method != "attention" else batch, method)
+    imp = res["joints"]
+    scores = fm.joint_scores(imp, valid)
+    agr = fm.agreement(scores, moving, valid)
+    per_class = {classes[c]: {"hit_rate": fm.summarize(agr["hit_rate"][labels == c]),
+                              "auc": fm.summarize(agr["auc"][labels == c])}
+                 for c in sorted(set(labels.tolist()))}
+    deletion = {str(k): fm.deletion_summary(labels, base, logits_of(fm.delete_joints(
+        keypoints, fm.top_k(scores, k)))) for k in ks}
+    report["methods"][method] = {
+        "hit_rate": fm.summarize(agr["hit_rate"]), "chance": fm.summarize(agr["chance"]),
+        "auc": fm.summarize(agr["auc"]), "per_class": per_class, "deletion": deletion}
+    r = report["methods"][method]
+    if "logit_gap" in res:  # integrated gradients: how far the attributions are from complete
+      rel = np.abs(res["attribution_sum"] - res["logit_gap"]) / np.maximum(
+          np.abs(res["logit_gap"]), 1e-6)
+      r["steps"] = _STEPS.value
+      r["completeness_error_median"] = float(np.median(rel))
+    print(f"{method}: hit rate {r['hit_rate']:.3f} (chance {r['chance']:.3f}), AUC "
+          f"{r['auc']:.3f}; deleting top-k, true-class prob drop " + ", ".join(
+              f"k={k} {deletion[str(k)]['prob_drop']:.3f} (random "
+              f"{random_rows[k]['prob_drop']:.3f})" for k in ks), flush=True)
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "faithfulness.json"), "w") as fh:
+    json.dump(report, fh, indent=1)
+  with open(os.path.join(out, "faithfulness.md"), "w") as fh:
+    fh.write(faithfulness_table(report))
+  plot_faithfulness(os.path.join(out, "faithfulness.png"), report)
+  print(faithfulness_table(report), flush=True)
+  print(f"step {step}: faithfulness of {len(report['methods'])} methods on {n} clips of "
+        f"{split} -> {out}", flush=True)
+  return report
+
+
+def faithfulness_table(report) -> str:
+  """The Markdown table of docs/explain.md from a ``faithfulness.json`` report."""
+  ks = report["ks"]
+  head = ("| method | hit rate (chance) | AUC | " + " | ".join(
+      f"prob drop, top-{k} (random)" for k in ks) + f" | accuracy drop, top-{ks[-1]} (random) |")
+  lines = [head, "|" + " --- |" * (4 + len(ks))]
+  rnd = report["random"]["deletion"]
+  for name, r in report["methods"].items():
+    d = r["deletion"]
+    lines.append(f"| {name} | {r['hit_rate']:.3f} ({r['chance']:.3f}) | {r['auc']:.3f} | " +
+                 " | ".join(f"{d[str(k)]['prob_drop']:.3f} ({rnd[str(k)]['prob_drop']:.3f})"
+                            for k in ks) +
+                 f" | {d[str(ks[-1])]['accuracy_drop']:.3f} "
+                 f"({rnd[str(ks[-1])]['accuracy_drop']:.3f}) |")
+  return "\n".join(lines) + "\n"
+
+
+def plot_faithfulness(path, report):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+  names = list(report["methods"])
+  ks = report["ks"]
+  fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
+  x = np.arange(len(names))
+  a1.bar(x - 0.2, [report["methods"][m]["hit_rate"] for m in names], 0.4, label="hit rate")
+  a1.bar(x + 0.2, [report["methods"][m]["auc"] for m in names], 0.4, label="AUC")
+  a1.axhline(0.5, color="black", lw=0.8, ls="--", label="AUC chance")
+  a1.plot(x - 0.2, [report["methods"][m]["chance"] for m in names], "k_", ms=20,
+          label="hit-rate chance")
+  a1.set_xticks(x)
+  a1.set_xticklabels(names, fontsize=8)
+  a1.set_ylim(0, 1)
+  a1.set_title("agreement with the moving joints (ground truth)", fontsize=9)
+  a1.legend(fontsize=7)
+  for m in names:
+    a2.plot(ks, [report["methods"][m]["deletion"][str(k)]["prob_drop"] for k in ks], "o-",
+            label=m)
+  a2.plot(ks, [report["random"]["deletion"][str(k)]["prob_drop"] for k in ks], "k--o",
+          label="random joints")
+  a2.set_xlabel("joints deleted (k)")
+  a2.set_ylabel("true-class probability drop")
+  a2.set_title("deletion test", fontsize=9)
+  a2.legend(fontsize=7)
+  fig.suptitle(f"explanation faithfulness: step {report['checkpoint_step']}, "
+               f"{report['clips']} clips of {report['split']}", fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -133,6 +295,11 @@ def main(argv):
   except FileNotFoundError as e:
     raise SystemExit(str(e))
   params = jax.device_get(state.params)
+  method = _METHOD.value
+  if _FAITHFULNESS.value:
+    run_faithfulness(config, tr.model, params, split, classes, step,
+                     _OUT.value or os.path.join(_WORKDIR.value, f"faithfulness_{split}"))
+    return
 
   try:
     positions = select(input_pipeline.eval_labels(config.dataset.data_dir, split), classes,
@@ -143,9 +310,15 @@ def main(argv):
   frames, keypoints, labels, ids, pixels = load_clips(config, split, positions)
   logits, maps = attention_maps(tr.model, {"params": params}, frames, keypoints)
   logits, maps = np.asarray(logits), jax.tree.map(np.asarray, maps)
+  result = None
+  if method != "attention":
+    from deform3d.explain import methods as em
+    result = em.explain_batch(method, tr.model, {"params": params}, frames, keypoints,
+                              steps=_STEPS.value)
 
   layout = config.dataset.joint_layout
-  out = _OUT.value or os.path.join(_WORKDIR.value, f"explain_{split}")
+  out = _OUT.value or os.path.join(
+      _WORKDIR.value, f"explain_{split}" + ("" if method == "attention" else f"_{method}"))
   os.makedirs(out, exist_ok=True)
   lifts = {}
   for i, pos in enumerate(positions):
@@ -156,11 +329,13 @@ def main(argv):
     e = explain.explain_clip(maps, tr.model, i, blocks=blocks, num_frames=config.num_frames,
                              joint_names=names, logits=logits, class_names=classes,
                              present=present if len(present) > 1 else None)
+    if result is not None:
+      e.update(em.as_explanation(result, i, present, e))
     e.update(clip=pos, id=ids[i], label=int(labels[i]), label_name=classes[labels[i]],
-             checkpoint_step=int(step), split=split)
+             checkpoint_step=int(step), split=split, method=method)
     stem = f"clip{pos:05d}"
     pred = e["prediction"][0]
-    title = (f"{ids[i]}: true {classes[labels[i]]}, predicted {pred['name']} "
+    title = (f"[{method}] {ids[i]}: true {classes[labels[i]]}, predicted {pred['name']} "
              f"({pred['prob']:.2f})")
     explain.save_all(out, stem, pixels[i], kp, e, bones, title=title)
     with open(os.path.join(out, f"{stem}.json"), "w") as fh:
@@ -170,9 +345,10 @@ def main(argv):
     print(f"{stem} ({classes[labels[i]]} -> {pred['name']} {pred['prob']:.2f}): most attended "
           f"joints " + ", ".join(f"{names[j]} x{e['joint_lift'][j]:.2f}" for j in top),
           flush=True)
-  plot_summary(os.path.join(out, "summary.png"), lifts, names, classes)
+  plot_summary(os.path.join(out, "summary.png"), lifts, names, classes, method)
   with open(os.path.join(out, "summary.json"), "w") as fh:
     json.dump({"checkpoint_step": int(step), "split": split, "joint_names": names,
+               "method": method,
                "mean_joint_lift": {classes[c]: np.mean(v, axis=0).tolist()
                                    for c, v in lifts.items()}}, fh, indent=1)
   print(f"step {step}: explained {len(positions)} clips of {split} -> {out}", flush=True)

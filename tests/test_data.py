@@ -308,3 +308,37 @@ def test_record_counts_come_from_metadata_and_match_the_shards(static_dir, tmp_p
   b = _batches(str(tfds_dir), True, cache=False, start_position=30)
   np.testing.assert_array_equal(a["id"], b["id"])
   np.testing.assert_array_equal(a["frames"], b["frames"])
+
+
+def test_embedded_ground_truth_names_the_animated_joints(tmp_path):
+  """``truth=True`` draws no random numbers (the clip is the same); the moving joints are those
+  the class's action animates: the right wrist for waving, the first person's left arm and
+  nothing of the idle partner in greeting_ignored; the flag sits above the right wrist."""
+  name = lambda *n: sorted(COCO17.index(x) for x in n)
+  expect = {"wave_red_flag": [name("right_wrist")],
+            "greeting_ignored": [name("left_elbow", "left_wrist"), []],
+            "greeting_returned": [name("left_elbow", "left_wrist"), name("right_wrist")],
+            "kick": [name("right_knee", "right_ankle")],
+            "punch": [name("left_elbow", "right_elbow", "left_wrist", "right_wrist")]}
+  for cls, moving in expect.items():
+    label = embedded.CLASSES.index(cls)
+    frames, kp, scores = embedded.render_clip(label, np.random.default_rng(4))
+    f2, k2, s2, truth = embedded.render_clip(label, np.random.default_rng(4), truth=True)
+    np.testing.assert_array_equal(frames, f2)
+    np.testing.assert_array_equal(kp, k2)
+    assert [np.flatnonzero(m).tolist() for m in truth["moving"]] == moving, cls
+    still = truth["motion"][~truth["moving"]]
+    assert np.all(still < 1e-6), cls  # not animated: exactly still relative to the hips
+    assert np.all(truth["motion"][truth["moving"]] > 2 * embedded.MOVING_THRESHOLD), cls
+  _, kp, scores, truth = embedded.render_clip(0, np.random.default_rng(4), truth=True)
+  flag = truth["flag"]
+  assert flag["colour"] == "red" and flag["cue"]
+  seen = scores[0, :, 10] > 0
+  dist = np.hypot(*(flag["xy"][seen] - kp[0, seen, 10]).T)
+  assert np.all(dist < 0.1 * 56), dist  # 0.08 body heights above the wrist
+  # Written with the split, keyed by clip id.
+  embedded.build(str(tmp_path), sizes={"val": (12, 1, 7)}, num_frames=8, size=32, verbose=False)
+  gt = embedded.read_ground_truth(str(tmp_path), "val")
+  assert len(gt) == 12 and all(k.startswith("embedded/val/") for k in gt)
+  with pytest.raises(FileNotFoundError, match="test-ground_truth.json"):
+    embedded.read_ground_truth(str(tmp_path), "test")

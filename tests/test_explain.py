@@ -155,3 +155,195 @@ def test_explain_command_on_a_trained_model_finds_the_waving_forearm(tmp_path):
 
 
 STEPS = 150
+
+
+# --- Methods beside raw attention (deform3d/explain/methods.py) and their faithfulness scores ---
+
+def tiny_two_person(rng):
+  """The tiny model, two persons of 7 joints (the second absent in clip 1), random parameters."""
+  from deform3d.explain import methods
+  model = build_model(TINY)
+  frames = jnp.asarray(rng.standard_normal((2, 8, 32, 32, 3)), jnp.float32)
+  kp = rng.uniform(-1, 1, (2, 2, 8, 7, 3)).astype(np.float32)
+  kp[..., 2] = rng.uniform(0.5, 1.0, kp.shape[:-1])
+  kp[1, 1] = 0.0
+  abstract = jax.eval_shape(model.init, jax.random.key(0), frames, jnp.asarray(kp))
+  variables = {"params": random_params(abstract["params"], rng)}
+  target = jnp.asarray([0, 2])
+  logits, maps, grads = methods.attention_grads(model, variables, frames, jnp.asarray(kp), target)
+  return model, variables, frames, kp, target, jax.tree.map(np.asarray, (maps, grads))
+
+
+def loop_propagate(model, maps, kp, grads=None):
+  """An independent, loop-by-loop form of ``methods.propagate``: one relevance vector per token,
+  every attention applied entry by entry."""
+  from deform3d.models.stride_attention import person_groups
+  b_idx = 0
+  persons, t0, j = kp.shape[1], kp.shape[2], kp.shape[3]
+  pj, k = persons * j, model.num_cross_tokens
+  present = [bool((kp[b_idx, m, ..., 2] > 0).any()) for m in range(persons)]
+  ns_list, t = [], t0
+  for i in range(model.depth):
+    ns_list.append(maps[f"block{i}/cross_attn/attn"].shape[-1] - t * k)
+    t = -(-t // model.temporal_strides[i])
+  size = t0 * pj + t0 + sum(ns_list)
+  point0 = [t0 * pj + t0 + sum(ns_list[:i]) for i in range(model.depth)]
+  unit = lambda n: np.eye(size)[n]
+  pose = [[unit(tt * pj + n) for n in range(pj)] for tt in range(t0)]
+  cross = [[unit(t0 * pj + tt) for _ in range(k)] for tt in range(t0)]
+  a_, b_ = (0.5, 0.5) if grads is None else (1.0, 1.0)
+
+  def att(key, *index):
+    a = np.asarray(maps[key][b_idx][index], np.float64)
+    if grads is not None:
+      a = np.maximum(a * np.asarray(grads[key][b_idx][index], np.float64), 0)
+    return a
+
+  t = t0
+  for i in range(model.depth):
+    a = att(f"block{i}/cross_attn/attn")                       # (heads, Q, Ns + TK)
+    a = a.mean(0)[-t * k:]
+    ns, flat = ns_list[i], [cross[tt][kk] for tt in range(t) for kk in range(k)]
+    new = []
+    for q in range(t * k):
+      y = sum(a[q, ns + c] * flat[c] for c in range(t * k))
+      y = y + np.concatenate([np.zeros(point0[i]), a[q, :ns], np.zeros(size - point0[i] - ns)])
+      new.append(a_ * flat[q] + b_ * y)
+    cross = [[new[tt * k + kk] for kk in range(k)] for tt in range(t)]
+    idx = person_groups(j, min(model.joint_window, j), model.joint_strides[i], persons)
+    ng = idx.shape[0]
+    weight = [present[g // (ng // persons)] or not any(present) for g in range(ng)]
+    for tt in range(t):
+      z0 = sum(cross[tt]) / k
+      outs, new_pose = [], list(pose[tt])
+      for g in range(ng):
+        a = att(f"block{i}/joint_attn/attn", tt, g).mean(0)    # (1 + w, 1 + w)
+        toks = [z0] + [pose[tt][n] if n >= 0 else np.zeros(size) for n in idx[g]]
+        ys = [sum(a[q, c] * toks[c] for c in range(len(toks))) for q in range(len(toks))]
+        if weight[g]:
+          outs.append(ys[0])
+        for s, n in enumerate(idx[g]):
+          if n >= 0:
+            new_pose[n] = a_ * pose[tt][n] + b_ * ys[s + 1]
+      y_cross = sum(outs) / max(len(outs), 1)
+      cross[tt] = [a_ * c + b_ * y_cross for c in cross[tt]]
+      pose[tt] = new_pose
+    tokens = [cross[tt] + pose[tt] for tt in range(t)]
+    a_t = att(f"block{i}/temporal_attn/attn")                  # (N, nw, heads, w, w)
+    w = a_t.shape[-1]
+    new = [[None] * len(tokens[0]) for _ in range(t)]
+    for n in range(len(tokens[0])):
+      for tt in range(t):
+        v, q = divmod(tt, w)
+        m = a_t[n, v].mean(0)
+        y = sum(m[q, c] * tokens[v * w + c][n] for c in range(w) if v * w + c < t)
+        new[tt][n] = a_ * tokens[tt][n] + b_ * y
+    s = model.temporal_strides[i]
+    t2 = -(-t // s)
+    tokens = [[sum(new[min(t3 * s + r, t - 1)][n] for r in range(s)) / s
+               for n in range(len(new[0]))] for t3 in range(t2)]
+    t = t2
+    cross, pose = [tok[:k] for tok in tokens], [tok[k:] for tok in tokens]
+  return sum(c for row in cross for c in row) / (t * k)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_rollout_matches_a_loop_by_loop_reference_and_conserves_relevance(rng, weighted):
+  from deform3d.explain import methods
+  model, variables, frames, kp, target, (maps, grads) = tiny_two_person(rng)
+  out = methods.propagate(model, maps, kp, grads if weighted else None)
+  ref = loop_propagate(model, maps, kp, grads if weighted else None)
+  t0, pj = kp.shape[2], kp.shape[1] * kp.shape[3]
+  got = np.concatenate([out["joints"][0].ravel(), out["cross"][0]] +
+                       [p[0] for p in out["points"]])
+  np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
+  assert out["joints"].shape == (2, 8, 14) and got.shape == (t0 * pj + t0 + sum(
+      p.shape[1] for p in out["points"]),)
+  if not weighted:  # row-stochastic attention and (R + A R) / 2: the relevance sums to 1
+    total = out["joints"].sum((1, 2)) + out["cross"].sum(1) + sum(p.sum(1) for p in out["points"])
+    np.testing.assert_allclose(total, 1.0, rtol=1e-6)  # float32 softmax rows
+  assert np.ptp(out["joints"][0]) > 0
+  assert np.all(out["joints"][1, :, 7:] == 0)  # clip 1's absent second person
+
+
+def test_attention_gradients_match_finite_differences(rng):
+  """The gradient with respect to a sown attention map (a perturbation added after its softmax)
+  against central differences of the target logit along a random direction, for every map."""
+  import flax.linen as nn
+  from deform3d.explain import methods
+  from deform3d.models.layers import MultiHeadAttention
+  model, variables, frames, kp, target, (maps, grads) = tiny_two_person(rng)
+  plain = methods.plain(model)
+
+  def logit(key, delta):
+    def add(next_fun, args, kwargs, context):
+      out = next_fun(*args, **kwargs)
+      if (isinstance(context.module, MultiHeadAttention) and context.method_name == "softmax"
+          and "/".join(context.module.path) == key):
+        out = out + delta
+      return out
+    with nn.intercept_methods(add):
+      logits = plain.apply(variables, frames, jnp.asarray(kp), train=False)
+    return float(np.asarray(logits, np.float64)[[0, 1], np.asarray(target)].sum())
+
+  assert sorted(grads) == sorted(maps) and len(maps) == 9  # 3 attentions in each of 3 blocks
+  for key in maps:
+    # A relative perturbation of every weight (the maps hold weights of 1e-3 to 1).
+    direction = (rng.standard_normal(maps[key].shape) * maps[key]).astype(np.float32)
+    eps = 1e-2
+    fd = (logit(key, eps * direction) - logit(key, -eps * direction)) / (2 * eps)
+    ad = float((np.asarray(grads[key], np.float64) * direction).sum())
+    assert abs(fd - ad) <= 2e-2 * max(abs(ad), 1e-3), (key, fd, ad)
+
+
+def test_integrated_gradients_are_complete(rng):
+  """Attributions of frames and keypoints sum to logit(clip) - logit(motionless baseline), up to
+  the path integral's discretization, which shrinks with the steps (the trilinear sampler's
+  kinks make it converge slowly: measured 7% at 128 steps, 0.1-1.5% at 512)."""
+  from deform3d.explain import methods
+  model, variables, frames, kp, target, _ = tiny_two_person(rng)
+  err = {}
+  for steps in (32, 512):
+    out = methods.explain_batch("integrated_gradients", model, variables, frames, kp, target,
+                                steps=steps)
+    gap = out["logit_gap"]
+    assert np.all(np.abs(gap) > 1e-3)
+    err[steps] = np.abs(out["attribution_sum"] - gap) / np.abs(gap)
+  assert np.all(err[512] < 0.03), err
+  assert err[512].max() < err[32].max() / 4, err
+  assert out["joints"].shape == (2, 8, 14) and out["frames"].shape == (2, 8)
+  assert np.all(out["joints"][1, :, 7:] == 0)  # absent person: no coordinates, no attribution
+  base_f, base_k = methods.motionless(frames, jnp.asarray(kp))
+  np.testing.assert_allclose(np.ptp(np.asarray(base_f), axis=1), 0, atol=1e-6)
+  seen = kp[..., 2] > 0
+  assert np.all(np.ptp(np.where(seen[..., None], np.asarray(base_k)[..., :2], 0), axis=2) < 1e-6)
+
+
+def test_faithfulness_metrics_on_hand_made_scores(rng):
+  from deform3d.explain import faithfulness as fm
+  scores = np.array([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])
+  valid = np.array([[True] * 5 + [False]])
+  moving = np.array([[True, False, True, False, False, True]])  # joint 5 is not valid
+  s = fm.joint_scores(scores[:, None], valid)
+  agr = fm.agreement(s, moving, valid)
+  # Two moving valid joints (0, 2); the top 2 are 0 and 1: hit rate 1/2, chance 2/5.
+  assert agr["hit_rate"][0] == 0.5 and agr["chance"][0] == 0.4
+  # Pairs (moving, still) among valid: 0 beats 1, 3, 4; 2 beats 3, 4 but not 1: 5 of 6.
+  assert abs(agr["auc"][0] - 5 / 6) < 1e-12
+  # Brute-force AUC with ties on random scores.
+  x = rng.integers(0, 4, 40).astype(float)
+  y = rng.random(40) < 0.4
+  pairs = [(1.0 if a > b else 0.5 if a == b else 0.0) for a in x[y] for b in x[~y]]
+  assert abs(fm.auc(x, y) - np.mean(pairs)) < 1e-12
+  assert fm.top_k(s, 2).tolist() == [[0, 1]]
+  picks = fm.random_k(np.repeat(valid, 50, axis=0), 3, rng)
+  assert picks.shape == (50, 3) and picks.max() < 5
+  assert all(len(set(r)) == 3 for r in picks.tolist())
+  kp = rng.uniform(0.1, 1, (2, 2, 4, 3, 3))
+  out = fm.delete_joints(kp, np.array([[4], [0]]))               # person 2 joint 1; person 1 joint 0
+  assert np.all(out[0, 1, :, 1] == 0) and np.all(out[1, 0, :, 0] == 0)
+  assert (out != 0).sum() == kp.size - 2 * 4 * 3
+  d = fm.deletion_summary(np.array([0, 1]), np.array([[2.0, 0.0], [0.0, 2.0]]),
+                          np.array([[2.0, 0.0], [2.0, 0.0]]))
+  assert d["accuracy_drop"] == 0.5 and d["prob_drop"] > 0.3
+

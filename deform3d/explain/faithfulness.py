@@ -1,0 +1,105 @@
+"""How far to trust an explanation: agreement with ground truth and a deletion test.
+
+NumPy only (the model runs are in ``launch/explain.py --faithfulness``); docs/explain.md has the
+table for the README's model. A method's per-clip joint scores are its ``(T, P * J)`` importance
+summed over time; only the joints of persons present in the clip are ranked.
+
+* **Agreement** with the joints that move for the clip's class (the embedded dataset's
+  ``{split}-ground_truth.json``): ``hit_rate`` is the share of the ``n`` moving joints among the
+  method's top ``n`` (chance: ``n / joints present``), ``auc`` the probability that a moving joint
+  outranks a still one (ties count half; chance 0.5). Clips with no moving joint, or with every
+  joint moving, have no AUC.
+* **Deletion**: the ``k`` highest-ranked joints are removed from every frame (coordinates and
+  score set to 0, as a keypoint the detector missed) and the clip is classified again; the same
+  for ``k`` joints drawn at random among those present. A faithful method's deletions cost more
+  accuracy and true-class probability than random ones.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def joint_scores(importance: np.ndarray, valid: np.ndarray) -> np.ndarray:
+  """``(B, T, N)`` importance -> ``(B, N)`` scores over time; joints not ``valid`` get -inf."""
+  scores = np.asarray(importance, np.float64).sum(axis=1)
+  return np.where(valid, scores, -np.inf)
+
+
+def auc(scores: np.ndarray, positive: np.ndarray) -> float:
+  """Mann-Whitney AUC of ``scores`` for the ``positive`` entries (NaN without both kinds)."""
+  pos, neg = scores[positive], scores[~positive]
+  if not len(pos) or not len(neg):
+    return float("nan")
+  greater = (pos[:, None] > neg[None, :]).sum()
+  ties = (pos[:, None] == neg[None, :]).sum()
+  return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+
+
+def agreement(scores: np.ndarray, moving: np.ndarray, valid: np.ndarray) -> dict:
+  """Per clip ``hit_rate``, its ``chance`` and ``auc`` of ``scores (B, N)`` against the
+  ``moving (B, N)`` joints among the ``valid (B, N)`` ones."""
+  hit, chance, aucs = [], [], []
+  for s, m, v in zip(scores, moving.astype(bool), valid.astype(bool)):
+    m = m & v
+    n = int(m.sum())
+    if n == 0:
+      hit.append(np.nan), chance.append(np.nan), aucs.append(np.nan)
+      continue
+    top = np.argsort(-s, kind="stable")[:n]
+    hit.append(m[top].mean())
+    chance.append(n / v.sum())
+    aucs.append(auc(s[v], m[v]))
+  return {"hit_rate": np.array(hit), "chance": np.array(chance), "auc": np.array(aucs)}
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+  """Indices ``(B, k)`` of the ``k`` highest scores of each row (valid joints first)."""
+  return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+def random_k(valid: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+  """``k`` joints per clip drawn without replacement among the valid ones ``(B, k)``."""
+  out = []
+  for v in valid.astype(bool):
+    choice = np.flatnonzero(v)
+    out.append(rng.choice(choice, size=min(k, len(choice)), replace=False))
+  return np.stack(out)
+
+
+def delete_joints(keypoints: np.ndarray, joints: np.ndarray) -> np.ndarray:
+  """Keypoints ``(B, [P,] T, J, D)`` with the ``joints (B, k)`` (indices into the ``P * J``
+  joints of all persons) zeroed in every frame."""
+  kp = np.array(keypoints, copy=True)
+  squeeze = kp.ndim == 4
+  if squeeze:
+    kp = kp[:, None]
+  num_joints = kp.shape[3]
+  for b, row in enumerate(joints):
+    for n in row:
+      kp[b, n // num_joints, :, n % num_joints] = 0.0
+  return kp[:, 0] if squeeze else kp
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  z = np.asarray(logits, np.float64)
+  z = np.exp(z - z.max(axis=-1, keepdims=True))
+  return z / z.sum(axis=-1, keepdims=True)
+
+
+def deletion_summary(labels: np.ndarray, base_logits: np.ndarray, logits: np.ndarray) -> dict:
+  """Accuracy and true-class probability before and after a deletion, and their drops."""
+  labels = np.asarray(labels)
+  p0 = softmax(base_logits)[np.arange(len(labels)), labels]
+  p1 = softmax(logits)[np.arange(len(labels)), labels]
+  acc0 = float((np.argmax(base_logits, -1) == labels).mean())
+  acc1 = float((np.argmax(logits, -1) == labels).mean())
+  return {"accuracy": acc1, "accuracy_drop": acc0 - acc1, "prob": float(p1.mean()),
+          "prob_drop": float((p0 - p1).mean())}
+
+
+def summarize(values: Sequence[float]) -> float:
+  """Mean over clips, ignoring NaN (clips without an AUC)."""
+  values = np.asarray(values, np.float64)
+  return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
