@@ -342,7 +342,8 @@ def main(argv):
       json.dump(e, fh)
     lifts.setdefault(int(labels[i]), []).append(e["joint_lift"])
     top = np.argsort(e["joint_lift"])[::-1][:3]
-    print(f"{stem} ({classes[labels[i]]} -> {pred['name']} {pred['prob']:.2f}): most attended "
+    print(f"{stem} ({classes[labels[i]]} -> {pred['name']} {pred['prob']:.2f}): "
+          f"{'most attended' if method == 'attention' else f'most important ({method})'} "
           f"joints " + ", ".join(f"{names[j]} x{e['joint_lift'][j]:.2f}" for j in top),
           flush=True)
   plot_summary(os.path.join(out, "summary.png"), lifts, names, classes, method)
