@@ -256,14 +256,16 @@ def samples(split: str, num: int, seed: int, num_frames: int = 32, size: int = 5
     frames, kp, scores, t = render_clip(int(label), rng, num_frames, size, truth=True)
     clip_id = f"embedded/{split}/{i:05d}"
     if truth is not None:
-      truth[clip_id] = ground_truth_entry(t)
+      truth[clip_id] = ground_truth_entry(t, frames.shape[1:3])
     yield records.Sample(frames, kp, scores, int(label), clip_id)
 
 
-def ground_truth_entry(t: dict) -> dict:
-  """One clip's ground truth as JSON: moving joint indices and motion per person, the flag."""
+def ground_truth_entry(t: dict, frame_size) -> dict:
+  """One clip's ground truth as JSON: moving joint indices and motion per person, the flag, the
+  raw frame size ``(H, W)`` its pixel positions refer to."""
   flag = t["flag"]
-  return {"moving": [np.flatnonzero(m).tolist() for m in t["moving"]],
+  return {"frame_size": [int(x) for x in frame_size],
+          "moving": [np.flatnonzero(m).tolist() for m in t["moving"]],
           "motion": np.round(t["motion"], 4).tolist(),
           "flag": None if flag is None else {"colour": flag["colour"], "cue": bool(flag["cue"]),
                                              "xy": flag["xy"].tolist()}}
@@ -274,8 +276,9 @@ def ground_truth_path(data_dir: str, split: str) -> str:
 
 
 def read_ground_truth(data_dir: str, split: str) -> dict:
-  """``{clip id: {"moving": [[joint, ...] per person], "motion": [[17 floats] per person],
-  "flag": None | {"colour", "cue", "xy" (F, 2) pixels}}}`` of a split (dataset >= 1.3.0)."""
+  """``{clip id: {"frame_size": [H, W], "moving": [[joint, ...] per person], "motion": [[17
+  floats] per person], "flag": None | {"colour", "cue", "xy" (F, 2) pixels}}}`` of a split
+  (dataset >= 1.3.0)."""
   path = ground_truth_path(data_dir, split)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: no ground truth; the embedded dataset writes it from "

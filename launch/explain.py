@@ -199,6 +199,9 @@ def run_faithfulness(config, model, params, split, classes, step, out):
         "hit_rate": fm.summarize(agr["hit_rate"]), "chance": fm.summarize(agr["chance"]),
         "auc": fm.summarize(agr["auc"]), "per_class": per_class, "deletion": deletion}
     r = report["methods"][method]
+    flag = flag_scores(res, ids, truth, frames.shape[1])
+    if flag:
+      r["flag"] = flag
     if "logit_gap" in res:  # integrated gradients: how far the attributions are from complete
       rel = np.abs(res["attribution_sum"] - res["logit_gap"]) / np.maximum(
           np.abs(res["logit_gap"]), 1e-6)
@@ -220,6 +223,38 @@ def run_faithfulness(config, model, params, split, classes, step, out):
   return report
 
 
+FLAG_RADIUS = 0.15  # normalized units: the flag's disc (0.11) and a margin, 3.6 px at 48 px
+
+
+def flag_scores(res, ids, truth, num_frames) -> dict:
+  """The RGB side: how much of a method's pixel attribution (``pixels``) and sampling-point
+  weight (``point_xyz``/``point_weight``) lies on the flag, in the clips whose flag is the class
+  (``cue``) and in those where it is a distractor, against the chance share."""
+  import numpy as np
+  from deform3d.explain import faithfulness as fm
+  out = {}
+  for kind, fn in (("pixels", lambda i, track: fm.pixel_flag_share(res["pixels"][i], track,
+                                                                    FLAG_RADIUS)),
+                   ("points", lambda i, track: fm.point_flag_share(
+                       res["point_xyz"][i], res["point_weight"][i], track, FLAG_RADIUS))):
+    if kind == "pixels" and "pixels" not in res or kind == "points" and "point_xyz" not in res:
+      continue
+    rows = {"cue": [], "distractor": []}
+    for i, clip_id in enumerate(ids):
+      flag = truth[clip_id]["flag"]
+      if flag is None:
+        continue
+      track = fm.flag_track(flag["xy"], truth[clip_id]["frame_size"], num_frames)
+      rows["cue" if flag["cue"] else "distractor"].append(fn(i, track))
+    out[kind] = {}
+    for name, vals in rows.items():
+      if vals:
+        share, chance = (float(np.nanmean(v)) for v in zip(*vals))
+        out[kind][name] = {"clips": len(vals), "share": share, "chance": chance,
+                           "lift": share / chance if chance > 0 else float("nan")}
+  return out
+
+
 def faithfulness_table(report) -> str:
   """The Markdown table of docs/explain.md from a ``faithfulness.json`` report."""
   ks = report["ks"]
@@ -234,6 +269,15 @@ def faithfulness_table(report) -> str:
                             for k in ks) +
                  f" | {d[str(ks[-1])]['accuracy_drop']:.3f} "
                  f"({rnd[str(ks[-1])]['accuracy_drop']:.3f}) |")
+  flag_lines = []
+  for name, r in report["methods"].items():
+    for kind, rows in r.get("flag", {}).items():
+      cells = [f"{rows[c]['share']:.3f} ({rows[c]['chance']:.3f}, x{rows[c]['lift']:.2f})"
+               if c in rows else "-" for c in ("cue", "distractor")]
+      flag_lines.append(f"| {name} | {kind} | " + " | ".join(cells) + " |")
+  if flag_lines:
+    lines += ["", "| method | RGB importance | share on the flag, cue clips (chance, lift) | "
+              "distractor clips |", "| --- | --- | --- | --- |"] + flag_lines
   return "\n".join(lines) + "\n"
 
 
@@ -281,7 +325,6 @@ def main(argv):
   from data_pipelines.records import read_classes
   from data_pipelines.skeletons import BONES, LAYOUTS
   from deform3d import explain
-  from deform3d.models import attention_maps
   from deform3d.train import trainer
   from deform3d.train.sharding import make_mesh
 
@@ -308,40 +351,22 @@ def main(argv):
   except ValueError as e:
     raise SystemExit(f"{config.dataset.data_dir} split {split!r}: {e}")
   frames, keypoints, labels, ids, pixels = load_clips(config, split, positions)
-  logits, maps = attention_maps(tr.model, {"params": params}, frames, keypoints)
-  logits, maps = np.asarray(logits), jax.tree.map(np.asarray, maps)
-  result = None
-  if method != "attention":
-    from deform3d.explain import methods as em
-    result = em.explain_batch(method, tr.model, {"params": params}, frames, keypoints,
-                              steps=_STEPS.value)
-
   layout = config.dataset.joint_layout
   out = _OUT.value or os.path.join(
       _WORKDIR.value, f"explain_{split}" + ("" if method == "attention" else f"_{method}"))
-  os.makedirs(out, exist_ok=True)
+  stems = [f"clip{pos:05d}" for pos in positions]
+  explanations, names = explain.write_explanations(
+      out, tr.model, params, frames, keypoints, pixels, stems=stems,
+      captions=[f"{ids[i]}: true {classes[labels[i]]}" for i in range(len(positions))],
+      joint_names=LAYOUTS[layout], bones=BONES[layout], class_names=classes, method=method,
+      blocks=[int(b) for b in _BLOCKS.value] if _BLOCKS.value else None, steps=_STEPS.value,
+      extra=[dict(clip=pos, id=ids[i], label=int(labels[i]), label_name=classes[labels[i]],
+                  checkpoint_step=int(step), split=split) for i, pos in enumerate(positions)])
   lifts = {}
-  for i, pos in enumerate(positions):
-    blocks = [int(b) for b in _BLOCKS.value] if _BLOCKS.value else None
-    # Several persons: their joints side by side ("p2:left_wrist"), every person's bones.
-    kp, names, bones, present = explain.person_joints(keypoints[i], LAYOUTS[layout],
-                                                      BONES[layout])
-    e = explain.explain_clip(maps, tr.model, i, blocks=blocks, num_frames=config.num_frames,
-                             joint_names=names, logits=logits, class_names=classes,
-                             present=present if len(present) > 1 else None)
-    if result is not None:
-      e.update(em.as_explanation(result, i, present, e))
-    e.update(clip=pos, id=ids[i], label=int(labels[i]), label_name=classes[labels[i]],
-             checkpoint_step=int(step), split=split, method=method)
-    stem = f"clip{pos:05d}"
-    pred = e["prediction"][0]
-    title = (f"[{method}] {ids[i]}: true {classes[labels[i]]}, predicted {pred['name']} "
-             f"({pred['prob']:.2f})")
-    explain.save_all(out, stem, pixels[i], kp, e, bones, title=title)
-    with open(os.path.join(out, f"{stem}.json"), "w") as fh:
-      json.dump(e, fh)
+  for i, (stem, e) in enumerate(zip(stems, explanations)):
     lifts.setdefault(int(labels[i]), []).append(e["joint_lift"])
     top = np.argsort(e["joint_lift"])[::-1][:3]
+    pred = e["prediction"][0]
     print(f"{stem} ({classes[labels[i]]} -> {pred['name']} {pred['prob']:.2f}): "
           f"{'most attended' if method == 'attention' else f'most important ({method})'} "
           f"joints " + ", ".join(f"{names[j]} x{e['joint_lift'][j]:.2f}" for j in top),

@@ -340,5 +340,6 @@ def test_embedded_ground_truth_names_the_animated_joints(tmp_path):
   embedded.build(str(tmp_path), sizes={"val": (12, 1, 7)}, num_frames=8, size=32, verbose=False)
   gt = embedded.read_ground_truth(str(tmp_path), "val")
   assert len(gt) == 12 and all(k.startswith("embedded/val/") for k in gt)
+  assert all(v["frame_size"] == [32, 32] for v in gt.values())
   with pytest.raises(FileNotFoundError, match="test-ground_truth.json"):
     embedded.read_ground_truth(str(tmp_path), "test")

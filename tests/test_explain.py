@@ -188,7 +188,8 @@ def tiny_two_person(rng):
   abstract = jax.eval_shape(model.init, jax.random.key(0), frames, jnp.asarray(kp))
   variables = {"params": random_params(abstract["params"], rng)}
   target = jnp.asarray([0, 2])
-  logits, maps, grads = methods.attention_grads(model, variables, frames, jnp.asarray(kp), target)
+  logits, maps, grads, _ = methods.attention_grads(model, variables, frames, jnp.asarray(kp),
+                                                   target)
   return model, variables, frames, kp, target, jax.tree.map(np.asarray, (maps, grads))
 
 
@@ -365,3 +366,33 @@ def test_faithfulness_metrics_on_hand_made_scores(rng):
                           np.array([[2.0, 0.0], [2.0, 0.0]]))
   assert d["accuracy_drop"] == 0.5 and d["prob_drop"] > 0.3
 
+
+
+def test_flag_metrics_follow_the_eval_clip_and_count_what_lies_on_the_flag():
+  from deform3d.explain import faithfulness as fm
+  tf = pytest.importorskip("tensorflow")
+  from data_pipelines import input_pipeline
+  for available, frames in ((32, 8), (30, 8), (5, 8)):
+    ref = input_pipeline.frame_indices(available, frames, tf.fill([frames], 0.5)).numpy()
+    np.testing.assert_array_equal(fm.eval_frame_indices(available, frames), ref)
+  # A flag at raw pixel (x, y) = (10 + frame, 20) of 32 frames, 40 x 56 (H x W) frames: the eval
+  # crop is the centre 40 x 40 square (x offset 8); frame indices 2, 6, ..., 30.
+  xy = np.stack([10 + np.arange(32), np.full(32, 20)], -1)
+  track = fm.flag_track(xy, (40, 56), 8)
+  idx = np.arange(8) * 4 + 2
+  np.testing.assert_allclose(track[:, 0], (2 * (10 + idx - 8) + 1) / 40 - 1)
+  np.testing.assert_allclose(track[:, 1], (2 * 20 + 1) / 40 - 1)
+  # Pixels: all attribution in the pixel under the flag -> share 1; uniform -> share = chance.
+  flag = np.zeros((2, 2))
+  attr = np.zeros((2, 10, 10))
+  attr[:, 4, 4] = 1.0  # centre (-0.1, -0.1), within 0.15 of (0, 0)
+  share, chance = fm.pixel_flag_share(attr, flag, 0.15)
+  assert share == 1.0 and abs(chance - 4 / 100) < 1e-12  # the 4 centre pixels are within 0.15
+  share, chance = fm.pixel_flag_share(np.ones((2, 10, 10)), flag, 0.15)
+  assert abs(share - chance) < 1e-12
+  # Points: the flag moves between the two frames; the point at t = -0.5 (frame 0) is near it
+  # only if it is near frame 0's flag.
+  flag = np.array([[0.5, 0.5], [-0.5, -0.5]])
+  points = np.array([[0.5, 0.5, -0.5], [0.5, 0.5, 0.5], [-0.5, -0.5, 0.5], [0.0, 0.0, 0.0]])
+  share, chance = fm.point_flag_share(points, np.array([3.0, 1.0, 0.5, 0.5]), flag, 0.1)
+  assert chance == 0.5 and abs(share - 3.5 / 5) < 1e-12

@@ -5,7 +5,8 @@ from deform3d.explain.importance import (explain_clip, frame_importance, joint_i
                                          person_joints, point_frame, sampling_points,
                                          token_frames, uniform_joint_share)
 from deform3d.explain.plots import plot_heatmap, plot_sampling_points, plot_skeleton, save_all
+from deform3d.explain.clips import write_explanations
 
 __all__ = ["explain_clip", "frame_importance", "joint_importance", "person_joints", "point_frame",
            "sampling_points", "token_frames", "uniform_joint_share", "plot_heatmap",
-           "plot_sampling_points", "plot_skeleton", "save_all"]
+           "plot_sampling_points", "plot_skeleton", "save_all", "write_explanations"]

@@ -103,3 +103,46 @@ def summarize(values: Sequence[float]) -> float:
   """Mean over clips, ignoring NaN (clips without an AUC)."""
   values = np.asarray(values, np.float64)
   return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+def eval_frame_indices(num_available: int, num_frames: int) -> np.ndarray:
+  """The frames one evaluation clip reads (``input_pipeline.frame_indices`` with offsets 0.5)."""
+  pos = (np.arange(num_frames) + 0.5) * (num_available / num_frames)
+  return np.minimum(np.floor(pos).astype(int), num_available - 1)
+
+
+def flag_track(xy: np.ndarray, frame_size: tuple, num_frames: int) -> np.ndarray:
+  """Raw-frame pixel centres ``xy (F, 2)`` of a frame of ``frame_size (H, W)`` -> ``(T, 2)``
+  normalized ``[-1, 1]`` centres in the eval clip's ``num_frames`` frames (centre square crop,
+  the ``align_corners=False`` convention of the keypoints)."""
+  h, w = frame_size
+  size = min(h, w)
+  oy, ox = (h - size) // 2, (w - size) // 2
+  xy = np.asarray(xy, np.float64)[eval_frame_indices(len(xy), num_frames)]
+  return np.stack([(2 * (xy[:, 0] - ox) + 1) / size - 1, (2 * (xy[:, 1] - oy) + 1) / size - 1], -1)
+
+
+def pixel_flag_share(attribution: np.ndarray, flag: np.ndarray, radius: float) -> tuple:
+  """``(share, chance)``: the share of ``attribution (T, H, W)`` (non-negative) within
+  ``radius`` (normalized units) of ``flag (T, 2)``, and the share of pixels there."""
+  t, h, w = attribution.shape
+  x = (np.arange(w) + 0.5) / w * 2 - 1
+  y = (np.arange(h) + 0.5) / h * 2 - 1
+  near = ((x[None, None, :] - flag[:, 0, None, None]) ** 2 +
+          (y[None, :, None] - flag[:, 1, None, None]) ** 2) <= radius ** 2     # (T, H, W)
+  total = attribution.sum()
+  share = float((attribution * near).sum() / total) if total > 0 else float("nan")
+  return share, float(near.mean())
+
+
+def point_flag_share(points: np.ndarray, weight: np.ndarray, flag: np.ndarray,
+                     radius: float) -> tuple:
+  """``(share, chance)`` for sampling ``points (N, 3)`` (x, y, t in ``[-1, 1]``) with
+  ``weight (N,)``: the weight share and the plain share of the points within ``radius`` of the
+  flag ``(T, 2)`` in the frame nearest their time coordinate."""
+  t = flag.shape[0]
+  frame = np.clip(np.rint(((points[:, 2] + 1) * t - 1) / 2), 0, t - 1).astype(int)
+  near = np.hypot(points[:, 0] - flag[frame, 0], points[:, 1] - flag[frame, 1]) <= radius
+  total = weight.sum()
+  share = float((weight * near).sum() / total) if total > 0 else float("nan")
+  return share, float(near.mean())

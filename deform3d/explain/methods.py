@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deform3d.explain.importance import joint_importance, person_joints
+from deform3d.explain.importance import joint_importance, person_joints, sampling_points
 from deform3d.models.layers import MultiHeadAttention
 from deform3d.models.stride_attention import person_groups, persons_present
 
@@ -66,13 +66,16 @@ def _target_logit(logits, target):
 
 @functools.partial(jax.jit, static_argnums=0)
 def attention_grads(model, variables, frames, keypoints, target):
-  """``(logits, maps, grads)``: every sown attention map ``{"block0/joint_attn/attn/attention":
-  (...), ...}`` of the plain model and the gradient of the summed ``target`` logits (one class
-  per clip) with respect to it (a zero perturbation added after each softmax)."""
+  """``(logits, maps, grads, points)``: every sown attention map ``{"block0/joint_attn/attn":
+  (...), ...}`` of the plain model, the gradient of the summed ``target`` logits (one class per
+  clip) with respect to it (a zero perturbation added after each softmax), and the deformable
+  sampling points ``{"block0/cross_attn": (B, G, Ns, 3), ...}``."""
   model = plain(model)
   _, state = model.apply(variables, frames, keypoints, train=False, mutable=["intermediates"])
   flat = flax.traverse_util.flatten_dict(state["intermediates"], sep="/")
   maps = {k[:-len("/attention")]: v[0] for k, v in flat.items() if k.endswith("/attention")}
+  points = {k[:-len("/sampling_points")]: v[0] for k, v in flat.items()
+            if k.endswith("/sampling_points")}
 
   def logit(deltas):
     def add_delta(next_fun, args, kwargs, context):
@@ -85,7 +88,7 @@ def attention_grads(model, variables, frames, keypoints, target):
     return _target_logit(logits, target), logits
 
   grads, logits = jax.grad(logit, has_aux=True)(jax.tree.map(jnp.zeros_like, maps))
-  return logits, maps, grads
+  return logits, maps, grads, points
 
 
 def _mix(att, grad, heads_axis):
@@ -242,7 +245,8 @@ def explain_batch(method: str, model, variables, frames, keypoints, target=None,
   if method == "integrated_gradients":
     af, ak, clip, base = integrated_gradients(model, variables, frames, keypoints, target, steps)
     logits = _logits(model, variables, frames, keypoints)
-    return {"joints": _joints_of(ak), "frames": np.abs(np.asarray(af)).sum(axis=(2, 3, 4)),
+    pixels = np.abs(np.asarray(af)).sum(axis=-1)                           # (B, T, H, W)
+    return {"joints": _joints_of(ak), "frames": pixels.sum(axis=(2, 3)), "pixels": pixels,
             "logits": np.asarray(logits), "attribution_sum": np.asarray(
                 af.sum(axis=(1, 2, 3, 4)) + ak.reshape(ak.shape[0], -1).sum(-1)),
             "logit_gap": np.asarray(clip - base)}
@@ -259,12 +263,26 @@ def explain_batch(method: str, model, variables, frames, keypoints, target=None,
       share = imp["uniform_share"]
       out.append(np.divide(imp["mean"], share, out=np.zeros_like(imp["mean"]),
                            where=share > 0))
-    return {"joints": np.stack(out), "logits": logits}
-  logits, amaps, grads = attention_grads(model, variables, frames, keypoints, target)
+    result = {"joints": np.stack(out), "logits": logits}
+    if model.use_rgb:  # every block's sampling points by the attention they receive
+      sown = jax.tree.map(np.asarray, sown)
+      per_clip = [sampling_points(sown, model, i) for i in range(kp.shape[0])]
+      result["point_xyz"] = np.stack([np.concatenate([p["points"].reshape(-1, 3) for p in c])
+                                      for c in per_clip])
+      result["point_weight"] = np.stack([np.concatenate(
+          [p["weight"].ravel() / len(c) for p in c]) for c in per_clip])
+    return result
+  logits, amaps, grads, points = attention_grads(model, variables, frames, keypoints, target)
   logits, amaps = np.asarray(logits), jax.tree.map(np.asarray, amaps)
   result = propagate(model, amaps, keypoints,
                      None if method == "rollout" else jax.tree.map(np.asarray, grads))
   result["logits"] = logits
+  if result["points"]:  # the sampled token's relevance, shared by its groups' points
+    xyz = [np.asarray(points[f"block{i}/cross_attn"]) for i in range(len(result["points"]))]
+    result["point_xyz"] = np.concatenate([p.reshape(p.shape[0], -1, 3) for p in xyz], axis=1)
+    result["point_weight"] = np.concatenate(
+        [np.repeat(r[:, None] / p.shape[1], p.shape[1], axis=1).reshape(r.shape[0], -1)
+         for r, p in zip(result["points"], xyz)], axis=1)
   return result
 
 
