@@ -29,6 +29,9 @@ EXTRAS = {
         "pytest-xdist==3.8.0",
         "torch==2.13.0",  # CPU build; reference for grid_sample and the benchmark
         "scipy>=1.11,<2",
+        "nbclient==0.11.0",   # runs notebooks/quickstart.ipynb in the suite
+        "nbformat==5.11.1",
+        "ipykernel==7.4.0",
     ],
 }
 

@@ -1,0 +1,32 @@
+"""notebooks/quickstart.ipynb runs top to bottom (small settings), so it cannot rot."""
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.heavy
+def test_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
+  pytest.importorskip("tensorflow")
+  nbformat = pytest.importorskip("nbformat")
+  from nbclient import NotebookClient
+  monkeypatch.setenv("DEFORM3D_NOTEBOOK_SMALL", "1")
+  monkeypatch.setenv("DEFORM3D_NOTEBOOK_DIR", str(tmp_path))
+  nb = nbformat.read(os.path.join(ROOT, "notebooks", "quickstart.ipynb"), as_version=4)
+  NotebookClient(nb, timeout=900, kernel_name="python3",
+                 resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}}).execute()
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+  assert not [o for o in outputs if o.output_type == "error"]
+  text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+  assert "small settings" in text and "test top-1" in text
+  images = [o for o in outputs if "image/png" in o.get("data", {})]
+  assert len(images) == 3  # two explanation heatmaps and the real clip's skeleton figure
+  # The real clip's top-5: five lines "prob  class" with probabilities summing to at most 1.
+  classes = open(tmp_path / "data" / "classes.txt").read().split()
+  top = [line.split() for line in text.splitlines()
+         if len(line.split()) == 2 and line.split()[1] in classes]
+  assert len(top) == 5 and 0 < sum(float(p) for p, _ in top) <= 1.0 + 1e-3
+  for name in ("explain_attention/clip0_heatmap.png",
+               "explain_integrated_gradients/clip0_heatmap.png", "predict/ntu_sample_skeleton.png"):
+    assert (tmp_path / name).exists(), name
