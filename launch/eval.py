@@ -29,13 +29,12 @@ def main(argv):
   from data_pipelines import loaders
   from data_pipelines.records import read_classes
   from deform3d.train import report, trainer
-  from deform3d.train.sharding import make_mesh
 
   config = _CONFIG.value
   split = _SPLIT.value or config.dataset.eval_split
-  tr = trainer.Trainer(config, make_mesh(), loaders.input_shapes(config))
   try:
-    state, step = trainer.restore_checkpoint(tr, _WORKDIR.value, config, _STEP.value)
+    tr, state, step = trainer.load_trained(config, _WORKDIR.value, loaders.input_shapes(config),
+                                           _STEP.value)
   except FileNotFoundError as e:
     raise SystemExit(str(e))
   metrics = tr.evaluate(state.params, loaders.eval_iter(config, split))

@@ -326,15 +326,14 @@ def main(argv):
   from data_pipelines.skeletons import BONES, LAYOUTS
   from deform3d import explain
   from deform3d.train import trainer
-  from deform3d.train.sharding import make_mesh
 
   config = _CONFIG.value
   split = _SPLIT.value or ("test" if config.dataset.name == "embedded"
                            else config.dataset.eval_split)
   classes = list(read_classes(config.dataset.data_dir))
-  tr = trainer.Trainer(config, make_mesh(), loaders.input_shapes(config))
   try:
-    state, step = trainer.restore_checkpoint(tr, _WORKDIR.value, config, _STEP.value)
+    tr, state, step = trainer.load_trained(config, _WORKDIR.value, loaders.input_shapes(config),
+                                           _STEP.value)
   except FileNotFoundError as e:
     raise SystemExit(str(e))
   params = jax.device_get(state.params)

@@ -63,7 +63,6 @@ def main(argv):
   from data_pipelines.user_clip import (InputError, estimate_poses, preprocess, read_poses,
                                         read_video)
   from deform3d.train import trainer
-  from deform3d.train.sharding import make_mesh
 
   config = _CONFIG.value
   video = _VIDEO.value
@@ -81,9 +80,9 @@ def main(argv):
     raise SystemExit(f"predict: {e}")
   clips, keypoints, pixels = preprocess(config, frames, kp, sc, fps, name, len(classes))
 
-  tr = trainer.Trainer(config, make_mesh(), loaders.input_shapes(config))
   try:
-    state, step = trainer.restore_checkpoint(tr, _WORKDIR.value, config, _STEP.value)
+    tr, state, step = trainer.load_trained(config, _WORKDIR.value, loaders.input_shapes(config),
+                                           _STEP.value)
   except FileNotFoundError as e:
     raise SystemExit(str(e))
   params = jax.device_get(state.params)

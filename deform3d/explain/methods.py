@@ -35,7 +35,6 @@ function, every attention computed as the definition reads).
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import flax
 import flax.linen as nn

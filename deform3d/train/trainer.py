@@ -220,6 +220,15 @@ def restore_checkpoint(trainer: Trainer, workdir: str, config, step: Optional[in
   return restore_step(trainer, mngr, config, step), step
 
 
+def load_trained(config, workdir: str, input_shapes, step: Optional[int] = None):
+  """``(trainer, state, step)`` for evaluation, explanation and prediction: a ``Trainer`` on
+  the default mesh for ``input_shapes`` and the checkpoint at ``step`` (default: the latest);
+  ``FileNotFoundError`` as ``restore_checkpoint``."""
+  trainer = Trainer(config, shd.make_mesh(), input_shapes)
+  state, step = restore_checkpoint(trainer, workdir, config, step)
+  return trainer, state, step
+
+
 class CheckpointWriteError(OSError):
   """Saving a checkpoint failed (e.g. disk full); earlier checkpoints are intact."""
 
