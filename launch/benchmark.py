@@ -438,26 +438,31 @@ def _jax_impl(model, params, data, impl="jax"):
           lambda: jax.block_until_ready(compiled(params, *xs)))
 
 
-def _torch_impls(model, params, data, dtype, torch_compile):
-  """The PyTorch reference's forward and step (eager, and optionally torch.compile)."""
+def _torch_impls(model, params, data, dtype, torch_compile, torch_fast=False):
+  """The PyTorch reference's forward and step (eager, and optionally torch.compile), of the
+  plain program and, with ``torch_fast``, of the fast one."""
   import torch
   import torch_reference
   frames, keypoints, labels = data
-  cfg = torch_reference.model_fields(model)
   tp = torch_reference.params_from_flax(jax.device_get(params), requires_grad=True)
   tf_, tk, ty = torch.tensor(frames), torch.tensor(keypoints), torch.tensor(labels)
   autocast = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bfloat16"
               else contextlib.nullcontext)
-  variants = [("torch", torch_reference.forward)]
+  # The plain program, and (torch_fast) the same rewrites as the Flax model's fast.py.
+  forms = [(False, "")] + ([(True, " fast")] if torch_fast else [])
+  variants = [("torch" + tag, torch_reference.forward, fast) for fast, tag in forms]
   if torch_compile:
-    variants.append(("torch.compile", torch.compile(torch_reference.forward)))
+    variants += [("torch.compile" + tag, torch.compile(torch_reference.forward), fast)
+                 for fast, tag in forms]
   impls = []
-  for impl, forward in variants:
-    def t_fwd(forward=forward):
+  for impl, forward, fast in variants:
+    cfg = dict(torch_reference.model_fields(model), fast=fast)
+
+    def t_fwd(forward=forward, cfg=cfg):
       with torch.no_grad(), autocast():
         forward(tp, tf_, tk, cfg)
 
-    def t_step(forward=forward):
+    def t_step(forward=forward, cfg=cfg):
       for v in _leaves(tp):
         v.grad = None
       with autocast():
@@ -494,12 +499,13 @@ def _paired_times(fns, repeats, pause_s=0.05, spread=None):
 
 
 def bench_model(repeats, sizes=None, dtypes=DTYPES, torch_compile=False, jax_plain=False,
-                log=print):
+                torch_fast=False, log=print):
   """Rows of the full-model suite (one per size x dtype x implementation). For each size and
   dtype the implementations' steps are timed in alternation (``_paired_times``), then their
   peak memory one at a time. "jax" is the config's model (``fast=True``); with ``jax_plain``,
   "jax plain" is the same model and parameters with the plain modules (``fast=False``), the
-  same program as the torch reference."""
+  same program as "torch"; with ``torch_fast``, "torch fast" runs the reference with the same
+  rewrites as "jax" (``torch_reference``'s ``fast``)."""
   try:
     import torch  # noqa: F401
     import torch_reference  # noqa: F401
@@ -516,7 +522,7 @@ def bench_model(repeats, sizes=None, dtypes=DTYPES, torch_compile=False, jax_pla
       if jax_plain:
         impls.append(_jax_impl(model.clone(fast=False), params, data, "jax plain"))
       if with_torch:
-        impls += _torch_impls(model, params, data, dtype, torch_compile)
+        impls += _torch_impls(model, params, data, dtype, torch_compile, torch_fast)
       fwd_spread, step_spread = [], []
       fwd_s = _paired_times([f for _, f, _ in impls], repeats, spread=fwd_spread)
       step_s = _paired_times([s for _, _, s in impls], repeats, spread=step_spread)
@@ -609,6 +615,9 @@ def main():
   parser.add_argument("--jax_plain", action="store_true",
                       help="also time the JAX model with the plain modules (model.fast=False), "
                            "the program the torch reference computes")
+  parser.add_argument("--torch_fast", action="store_true",
+                      help="also time the torch reference with fast.py's rewrites (the program "
+                           "the default JAX model computes)")
   parser.add_argument("--out", default=None, help="write the rows and device info as JSON")
   args = parser.parse_args()
   info = {"device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
@@ -631,7 +640,7 @@ def main():
         parser.error(f"--sizes {bad} unknown; choose from {sorted(known)}")
       sizes = [known[n] for n in args.sizes.split(",")]
     result["model"] = bench_model(args.repeats, sizes, args.dtypes.split(","),
-                                  args.torch_compile, args.jax_plain)
+                                  args.torch_compile, args.jax_plain, args.torch_fast)
     print_model_table(result["model"])
   if args.suite in ("all", "sampler"):
     result["sampler"] = bench_sampler(args.repeats)

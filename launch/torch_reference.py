@@ -8,6 +8,16 @@ gradients. The trilinear sampling is ``torch.nn.functional.grid_sample`` on 5-D 
 Functional style: ``forward(params, frames, keypoints, cfg, train=...)`` where ``params`` is a
 nested dict of tensors named like the Flax tree and ``cfg`` holds the model's fields. Only
 ``launch/benchmark.py`` and the tests import this file; the package never imports torch.
+
+``cfg["fast"]`` (the Flax model's field) selects the same speed rewrites as
+``deform3d/models/fast.py``, so that a benchmark can compare the same program on both sides:
+the offset projection folded into the depthwise offset conv (one matmul on patches), the
+relative-position MLP's second layer as a sum over its hidden units (no ``(B, G, Q, Nk,
+hidden)`` tensor), and the joint attention's projections run once per token before the
+regrouping (``1 + P * J`` tokens per frame instead of ``groups * (1 + window)``), its output
+projection after the merge. Not ported: the XLA-specific heads-first matmuls (torch's batched
+matmul needs no help) and the pooled design's query pooling inside the attention.
+``tests/test_torch_reference.py`` checks both forms against the Flax model.
 """
 from __future__ import annotations
 
@@ -166,16 +176,19 @@ def deformable_attention(p, queries, query_pos, volume, cfg, context=None, conte
   g, heads = cfg["num_groups"], cfg["num_heads"]
   cg = c // g
   group = lambda x: x.reshape(b, t, h, w, g, cg).permute(0, 4, 1, 2, 3, 5).reshape(b * g, t, h, w, cg)
-  off_in = group(dense(p["offset_proj"], volume)).permute(0, 4, 1, 2, 3)  # (B*G, Cg, T, H, W)
   st, sh, sw = cfg["offset_strides"]
   pads = [(-n) % s for n, s in zip((t, h, w), (st, sh, sw))]
-  if any(pads):
-    off_in = F.pad(off_in, (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate")
-  dw = p["offset_dwconv"]  # flax nn.Conv kernel (kt, kh, kw, 1, Cg) -> torch (Cg, 1, kt, kh, kw)
-  off = F.conv3d(off_in, dw["kernel"].permute(4, 3, 0, 1, 2), dw["bias"], stride=(st, sh, sw),
-                 groups=cg).permute(0, 2, 3, 4, 1)
-  off = gelu(layer_norm(p["offset_norm"], off))
-  off = dense(p["offset_out"], off.float())                         # (B*G, Ts, Hs, Ws, 3)
+  if cfg.get("fast"):
+    off = _offsets_fast(p, volume, cfg)                             # (B*G, Ts, Hs, Ws, 3)
+  else:
+    off_in = group(dense(p["offset_proj"], volume)).permute(0, 4, 1, 2, 3)  # (B*G, Cg, T, H, W)
+    if any(pads):
+      off_in = F.pad(off_in, (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate")
+    dw = p["offset_dwconv"]  # flax nn.Conv kernel (kt, kh, kw, 1, Cg) -> torch (Cg, 1, kt, kh, kw)
+    off = F.conv3d(off_in, dw["kernel"].permute(4, 3, 0, 1, 2), dw["bias"], stride=(st, sh, sw),
+                   groups=cg).permute(0, 2, 3, 4, 1)
+    off = gelu(layer_norm(p["offset_norm"], off))
+    off = dense(p["offset_out"], off.float())                       # (B*G, Ts, Hs, Ws, 3)
   ts, hs, ws = off.shape[1:4]
   zz, yy, xx = torch.meshgrid(cell_centres(ts), cell_centres(hs), cell_centres(ws), indexing="ij")
   ref = torch.stack([xx, yy, zz], dim=-1)
@@ -190,14 +203,82 @@ def deformable_attention(p, queries, query_pos, volume, cfg, context=None, conte
   if context is not None:
     keys = torch.cat([keys, context], dim=1)
     key_pos = torch.cat([key_pos, context_pos[:, None].expand(b, g, -1, 3)], dim=2)
-  rel = query_pos[:, None, :, None, :] - key_pos[:, :, None, :, :]  # (B, G, Q, Nk, 3)
-  hidden = torch.relu(dense(p["rpb_fc1"], rel.float()))
-  bias = dense(p["rpb_fc2"], hidden)                                # (B, G, Q, Nk, H/G)
-  bias = bias.permute(0, 1, 4, 2, 3).reshape(b, heads, query_pos.shape[1], keys.shape[1])
+  if cfg.get("fast"):
+    bias = _rel_pos_bias_fast(p, query_pos.float(), key_pos.float(), heads)
+  else:
+    rel = query_pos[:, None, :, None, :] - key_pos[:, :, None, :, :]  # (B, G, Q, Nk, 3)
+    hidden = torch.relu(dense(p["rpb_fc1"], rel.float()))
+    bias = dense(p["rpb_fc2"], hidden)                              # (B, G, Q, Nk, H/G)
+    bias = bias.permute(0, 1, 4, 2, 3).reshape(b, heads, query_pos.shape[1], keys.shape[1])
   out = mha(p["attn"], queries, keys, heads, bias=bias)
   if pool > 1:
     out = out.reshape(b, -1, pool, c).mean(dim=2)
   return out
+
+
+def _offsets_fast(p, volume, cfg):
+  """The offset network with ``offset_proj`` folded into the depthwise conv: one ``(k * C, C)``
+  matmul on the edge-padded patches of the volume -> raw offsets ``(B*G, Ts, Hs, Ws, 3)``."""
+  b, t, h, w, c = volume.shape
+  g = cfg["num_groups"]
+  cg = c // g
+  st, sh, sw = cfg["offset_strides"]
+  k = st * sh * sw
+  dw, proj = p["offset_dwconv"], p["offset_proj"]
+  kernel = dw["kernel"].reshape(k, cg).repeat(1, g)                  # (k, C), tiled over groups
+  fused = (kernel[:, None, :] * proj["kernel"][None]).reshape(k * c, c)
+  pads = [(-n) % s for n, s in zip((t, h, w), (st, sh, sw))]
+  x = volume
+  if any(pads):
+    x = F.pad(x.permute(0, 4, 1, 2, 3), (0, pads[2], 0, pads[1], 0, pads[0]),
+              mode="replicate").permute(0, 2, 3, 4, 1)
+  off = patchify(x, st, sh, sw) @ fused + (proj["bias"] * kernel.sum(0) + dw["bias"].repeat(g))
+  ts, hs, ws = off.shape[1:4]
+  off = gelu(layer_norm(p["offset_norm"], off.reshape(b, ts, hs, ws, g, cg)))
+  off = dense(p["offset_out"], off.float())                          # (B, Ts, Hs, Ws, G, 3)
+  return off.permute(0, 4, 1, 2, 3, 5).reshape(b * g, ts, hs, ws, 3)
+
+
+def _rel_pos_bias_fast(p, query_pos, key_pos, heads):
+  """``MLP(q - k)`` per head as ``(W1 q + b1) - W1 k`` and a sum over the hidden units:
+  ``query_pos (B, Q, 3)``, ``key_pos (B, G, Nk, 3)`` -> ``(B, heads, Q, Nk)``."""
+  b, g, nk, _ = key_pos.shape
+  w1, b1 = p["rpb_fc1"]["kernel"], p["rpb_fc1"]["bias"]
+  w2, b2 = p["rpb_fc2"]["kernel"], p["rpb_fc2"]["bias"]
+  hq = query_pos @ w1 + b1                                           # (B, Q, hid)
+  hk = key_pos @ w1                                                  # (B, G, Nk, hid)
+  bias = [b2[i] for i in range(w2.shape[1])]
+  for j in range(w2.shape[0]):
+    hidden = torch.relu(hq[:, None, :, None, j] - hk[:, :, None, :, j])  # (B, G, Q, Nk)
+    bias = [acc + w2[j, i] * hidden for i, acc in enumerate(bias)]
+  return torch.stack(bias, dim=2).reshape(b, heads, query_pos.shape[1], nk)
+
+
+def _joint_attention_fast(p, z, cfg, idx, present, mask, weight):
+  """Joint attention with the projections on the ``1 + P * J`` tokens of a frame, regrouped
+  afterwards, and the output projection after the merge (the same function)."""
+  b, t, n, c = z.shape
+  ng, w = idx.shape
+  heads = cfg["num_heads"]
+  safe = torch.as_tensor(np.maximum(idx, 0).reshape(-1))
+  pad = torch.as_tensor((idx >= 0)[..., None, None], dtype=z.dtype)  # (Ng, w, 1, 1)
+
+  def split(x):                                                      # (B, T, N, H, D)
+    joints = x[:, :, 1:].index_select(2, safe).reshape(b, t, ng, w, heads, -1) * pad
+    return torch.cat([x[:, :, None, :1].expand(b, t, ng, 1, heads, x.shape[-1]), joints], 3)
+
+  q, k, v = (split(dense(p["attn"][name], z)) for name in ("query", "key", "value"))
+  logits = torch.einsum("...qhd,...khd->...hqk", q, k) * q.shape[-1] ** -0.5
+  logits = logits.masked_fill(~mask, _NEG_INF)
+  out = torch.einsum("...hqk,...khd->...qhd", torch.softmax(logits.float(), -1).to(v.dtype), v)
+  cross = (out[:, :, :, 0] * weight[:, None, :, None, None]).sum(dim=2, keepdim=True) / \
+      weight.sum(dim=1).clamp_min(1.0)[:, None, None, None, None]
+  slot = np.zeros(n - 1, np.int64)
+  g_i, s_i = np.nonzero(idx >= 0)
+  slot[idx[g_i, s_i]] = g_i * w + s_i
+  joints = out[:, :, :, 1:].reshape(b, t, ng * w, heads, -1).index_select(2, torch.as_tensor(slot))
+  merged = torch.cat([cross, joints], dim=2)                          # (B, T, 1 + P * J, H, D)
+  return _dense_general(merged, p["attn"]["out"]["kernel"], p["attn"]["out"]["bias"], 2)
 
 
 def joint_stride_attention(p, z, cfg, stride, idx, present):
@@ -207,15 +288,17 @@ def joint_stride_attention(p, z, cfg, stride, idx, present):
   b, t, n, c = z.shape
   j = n - 1
   ng, w = idx.shape
+  valid = torch.as_tensor(np.concatenate([np.ones((ng, 1), bool), idx >= 0], axis=1))
+  keys = torch.cat([torch.ones_like(present[..., None]), present[..., None].expand(b, ng, w)], -1)
+  mask = (valid[None] & keys)[:, None, :, None, None, :]                # (B, 1, G, 1, 1, 1 + w)
+  weight = (present | ~present.any(dim=1, keepdim=True)).to(z.dtype)  # nobody: all groups
+  if cfg.get("fast"):
+    return _joint_attention_fast(p, z, cfg, idx, present, mask, weight)
   safe = torch.as_tensor(np.maximum(idx, 0).reshape(-1))
   grouped = z[:, :, 1:].index_select(2, safe).reshape(b, t, ng, w, c)
   cross = z[:, :, None, :1].expand(b, t, ng, 1, c)
   tokens = torch.cat([cross, grouped], dim=3)
-  valid = torch.as_tensor(np.concatenate([np.ones((ng, 1), bool), idx >= 0], axis=1))
-  keys = torch.cat([torch.ones_like(present[..., None]), present[..., None].expand(b, ng, w)], -1)
-  mask = (valid[None] & keys)[:, None, :, None, None, :]                # (B, 1, G, 1, 1, 1 + w)
   out = mha(p["attn"], tokens, tokens, cfg["num_heads"], mask=mask)
-  weight = (present | ~present.any(dim=1, keepdim=True)).to(out.dtype)  # nobody: all groups
   new_cross = (out[:, :, :, 0] * weight[:, None, :, None]).sum(dim=2, keepdim=True) / \
       weight.sum(dim=1).clamp_min(1.0)[:, None, None, None]
   onehot = torch.as_tensor(idx[..., None] == np.arange(j), dtype=out.dtype)

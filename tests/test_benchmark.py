@@ -21,8 +21,8 @@ def test_sampler_benchmark_reports_all_implementations(monkeypatch):
 def test_model_benchmark_reports_jax_and_the_torch_reference():
   tiny = [s for s in benchmark.MODEL_SIZES if s[0] == "tiny"]  # configs/embedded.py:variant=tiny
   rows = benchmark.bench_model(repeats=1, sizes=tiny, dtypes=("float32",), jax_plain=True,
-                               log=lambda s: None)
-  assert [r["impl"] for r in rows] == ["jax", "jax plain", "torch"]
+                               torch_fast=True, log=lambda s: None)
+  assert [r["impl"] for r in rows] == ["jax", "jax plain", "torch", "torch fast"]
   for r in rows:
     assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["clips_per_s_fwd_bwd"] > 0
     assert r["size"] == "tiny" and r["dtype"] == "float32"
@@ -33,6 +33,7 @@ def test_model_benchmark_reports_jax_and_the_torch_reference():
     assert abs(r["fwd_bwd_speedup_of_jax"] - r["fwd_bwd_ms"] / rows[0]["fwd_bwd_ms"]) < 1e-9
   assert rows[1]["compile_s"] > 0  # the plain modules are their own program
   assert rows[0]["xla_ops"] > 0 and rows[1]["xla_ops"] > 0 and "xla_ops" not in rows[2]
+  assert "xla_ops" not in rows[3]
 
 
 def test_paper_suite_writes_its_json(tmp_path):

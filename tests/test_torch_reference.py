@@ -69,14 +69,22 @@ def test_same_logits_and_gradients_as_flax(rng, overrides, t, j, persons):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
 
   (_, logits), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+  logits = np.asarray(logits)
+  # Both forms of the reference (plain, and with fast.py's rewrites) against the Flax model.
+  for fast in (False, True):
+    cfg = dict(torch_reference.model_fields(model), fast=fast)
+    check_torch_against_flax(model, params, leaves, grads, logits, frames, keypoints, labels, cfg)
+
+
+def check_torch_against_flax(model, params, leaves, grads, logits, frames, keypoints, labels,
+                             cfg):
   tp = torch_reference.params_from_flax(params, requires_grad=True)
-  t_logits = torch_reference.forward(tp, torch.tensor(frames), torch.tensor(keypoints),
-                                     torch_reference.model_fields(model), train=True)
+  t_logits = torch_reference.forward(tp, torch.tensor(frames), torch.tensor(keypoints), cfg,
+                                     train=True)
   torch.nn.functional.cross_entropy(t_logits, torch.tensor(labels)).backward()
 
-  logits = np.asarray(logits)
   rel = np.abs(t_logits.detach().numpy() - logits).max() / np.abs(logits).max()
-  assert rel < 1e-5, rel
+  assert rel < 1e-5, (cfg["fast"], rel)
   flat = jax.tree_util.tree_flatten_with_path(grads)[0]
   scale = max(float(np.abs(np.asarray(g)).max()) for _, g in flat)
   checked = 0
@@ -97,7 +105,7 @@ def test_same_logits_and_gradients_as_flax(rng, overrides, t, j, persons):
       checked += 1
       continue
     err = np.abs(node.grad.numpy() - ref).max() / denom
-    assert err < 1e-3, (jax.tree_util.keystr(path), err)
+    assert err < 1e-3, (cfg["fast"], jax.tree_util.keystr(path), err)
     checked += 1
   assert checked == len(leaves)
 
