@@ -472,7 +472,8 @@ def _torch_impls(model, params, data, dtype, torch_compile, torch_fast=False):
     t = time.perf_counter()
     t_step()
     first_s = time.perf_counter() - t
-    impls.append(({"impl": impl, "compile_s": first_s if impl == "torch.compile" else 0.0},
+    compiled = impl.startswith("torch.compile")
+    impls.append(({"impl": impl, "compile_s": first_s if compiled else 0.0},
                   t_fwd, t_step))
   return impls
 
