@@ -34,6 +34,11 @@ tf.config.set_visible_devices([], "GPU")
 MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+  """Normalized model frames ``(..., 3)`` back to uint8 pixels (for figures)."""
+  return np.clip(np.asarray(frames) * STD + MEAN, 0, 255).astype(np.uint8)
+
 _FEATURES = records.parse_spec()
 
 

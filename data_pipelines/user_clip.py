@@ -150,5 +150,4 @@ def preprocess(config, frames, kp, sc, fps, name, num_classes):
         max_persons=config.dataset.get("max_persons", 1))
     batch = next(iter(input_pipeline.iterate(ds, source=(tmp, "predict"))))
   clips, keypoints = batch["frames"][0], batch["keypoints"][0]
-  pixels = np.clip(clips * input_pipeline.STD + input_pipeline.MEAN, 0, 255).astype(np.uint8)
-  return clips, keypoints, pixels
+  return clips, keypoints, input_pipeline.to_uint8(clips)

@@ -99,8 +99,7 @@ def load_clips(config, split, positions):
   keypoints = np.stack([c["keypoints"][0] for c in clips])
   labels = np.array([c["label"] for c in clips])
   ids = [c["id"].decode() for c in clips]
-  pixels = np.clip(frames * input_pipeline.STD + input_pipeline.MEAN, 0, 255).astype(np.uint8)
-  return frames, keypoints, labels, ids, pixels
+  return frames, keypoints, labels, ids, input_pipeline.to_uint8(frames)
 
 
 def plot_summary(path, lifts, joint_names, classes, method="attention"):
@@ -233,11 +232,13 @@ def flag_scores(res, ids, truth, num_frames) -> dict:
   import numpy as np
   from deform3d.explain import faithfulness as fm
   out = {}
-  for kind, fn in (("pixels", lambda i, track: fm.pixel_flag_share(res["pixels"][i], track,
-                                                                    FLAG_RADIUS)),
-                   ("points", lambda i, track: fm.point_flag_share(
-                       res["point_xyz"][i], res["point_weight"][i], track, FLAG_RADIUS))):
-    if kind == "pixels" and "pixels" not in res or kind == "points" and "point_xyz" not in res:
+  share_of = {"pixels": lambda i, track: fm.pixel_flag_share(res["pixels"][i], track,
+                                                             FLAG_RADIUS),
+              "points": lambda i, track: fm.point_flag_share(
+                  res["point_xyz"][i], res["point_weight"][i], track, FLAG_RADIUS)}
+  needs = {"pixels": "pixels", "points": "point_xyz"}  # the result key each kind reads
+  for kind, fn in share_of.items():
+    if needs[kind] not in res:
       continue
     rows = {"cue": [], "distractor": []}
     for i, clip_id in enumerate(ids):

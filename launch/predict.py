@@ -62,6 +62,7 @@ def main(argv):
   from data_pipelines.skeletons import BONES, LAYOUTS
   from data_pipelines.user_clip import (InputError, estimate_poses, preprocess, read_poses,
                                         read_video)
+  from deform3d import explain
   from deform3d.train import trainer
 
   config = _CONFIG.value
@@ -86,25 +87,22 @@ def main(argv):
   except FileNotFoundError as e:
     raise SystemExit(str(e))
   params = jax.device_get(state.params)
-  apply = jax.jit(lambda p, f, k: tr.model.apply({"params": p}, f, k, train=False))
-  logits = np.asarray(apply(params, clips, keypoints), np.float64).mean(axis=0)  # as eval does
-  probs = np.exp(logits - logits.max())
-  probs /= probs.sum()
-  top = np.argsort(-probs)[:_TOP.value]
+  # The evaluation step's own function: the logits of the video's clips, averaged.
+  logits = jax.jit(tr._eval_step)(params, {"frames": clips[None], "keypoints": keypoints[None]})
   out = _OUT.value or os.path.join(_WORKDIR.value, f"predict_{name}")
   os.makedirs(out, exist_ok=True)
   result = {"video": os.path.abspath(video), "poses": _POSES.value or "estimated",
             "checkpoint_step": int(step), "clips": int(len(clips)), "frames": int(len(frames)),
-            "top": [{"class": int(c), "name": classes[c], "prob": float(probs[c])} for c in top]}
+            "top": explain.top_predictions(np.asarray(logits)[0], classes, _TOP.value)}
   print(f"{video}: {len(frames)} frames, {len(clips)} clip(s), checkpoint step {step}")
   for r in result["top"]:
     print(f"  {r['prob']:.3f}  {r['name']}")
   if _EXPLAIN.value:
-    from deform3d import explain
-    _, _ = explain.write_explanations(
+    explain.write_explanations(
         out, tr.model, params, clips[:1], keypoints[:1], pixels[:1], stems=[name],
-        captions=[f"{name} (clip 1 of {len(clips)})"], joint_names=LAYOUTS[layout], bones=BONES[layout], class_names=classes,
-        method=_METHOD.value, extra=[{"video": os.path.abspath(video), "clip": 0}])
+        captions=[f"{name} (clip 1 of {len(clips)})"], joint_names=LAYOUTS[layout],
+        bones=BONES[layout], class_names=classes, method=_METHOD.value,
+        extra=[{"video": os.path.abspath(video), "clip": 0}])
     result["explanation"] = [os.path.join(out, f"{name}{s}") for s in
                              ("_skeleton.png", "_heatmap.png", "_points.png", ".json")]
   with open(os.path.join(out, "prediction.json"), "w") as fh:

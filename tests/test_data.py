@@ -343,3 +343,13 @@ def test_embedded_ground_truth_names_the_animated_joints(tmp_path):
   assert all(v["frame_size"] == [32, 32] for v in gt.values())
   with pytest.raises(FileNotFoundError, match="test-ground_truth.json"):
     embedded.read_ground_truth(str(tmp_path), "test")
+
+
+def test_to_uint8_inverts_the_frame_normalization(rng):
+  pixels = rng.integers(0, 256, (2, 4, 5, 3)).astype(np.uint8)
+  frames = (pixels.astype(np.float32) - input_pipeline.MEAN) / input_pipeline.STD
+  back = input_pipeline.to_uint8(frames + 1e-3)  # round-off must not drop a level
+  np.testing.assert_array_equal(back, pixels)
+  assert back.dtype == np.uint8
+  extreme = input_pipeline.to_uint8(np.array([[-10.0, 0.0, 10.0]]))
+  np.testing.assert_array_equal(extreme, [[0, 116, 255]])

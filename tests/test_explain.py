@@ -396,3 +396,12 @@ def test_flag_metrics_follow_the_eval_clip_and_count_what_lies_on_the_flag():
   points = np.array([[0.5, 0.5, -0.5], [0.5, 0.5, 0.5], [-0.5, -0.5, 0.5], [0.0, 0.0, 0.0]])
   share, chance = fm.point_flag_share(points, np.array([3.0, 1.0, 0.5, 0.5]), flag, 0.1)
   assert chance == 0.5 and abs(share - 3.5 / 5) < 1e-12
+
+
+def test_top_predictions_are_the_most_probable_classes():
+  logits = np.array([0.5, 3.0, -1.0, 2.0])
+  top = explain.top_predictions(logits, ["a", "b", "c", "d"], k=3)
+  assert [p["name"] for p in top] == ["b", "d", "a"] and [p["class"] for p in top] == [1, 3, 0]
+  probs = np.exp(logits) / np.exp(logits).sum()
+  np.testing.assert_allclose([p["prob"] for p in top], probs[[1, 3, 0]], rtol=1e-12)
+  assert explain.top_predictions(logits)[0]["name"] == "1"  # no class names: the index

@@ -20,6 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
+from deform3d.explain.importance import softmax
+
 
 def joint_scores(importance: np.ndarray, valid: np.ndarray) -> np.ndarray:
   """``(B, T, N)`` importance -> ``(B, N)`` scores over time; joints not ``valid`` get -inf."""
@@ -80,12 +82,6 @@ def delete_joints(keypoints: np.ndarray, joints: np.ndarray) -> np.ndarray:
     for n in row:
       kp[b, n // num_joints, :, n % num_joints] = 0.0
   return kp[:, 0] if squeeze else kp
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-  z = np.asarray(logits, np.float64)
-  z = np.exp(z - z.max(axis=-1, keepdims=True))
-  return z / z.sum(axis=-1, keepdims=True)
 
 
 def deletion_summary(labels: np.ndarray, base_logits: np.ndarray, logits: np.ndarray) -> dict:

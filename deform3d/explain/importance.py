@@ -208,11 +208,23 @@ def explain_clip(maps, model, index: int = 0, *, blocks: Optional[Sequence[int]]
                            "weight": p["weight"].tolist()} for p in points],
   }
   if logits is not None:
-    logits = np.asarray(logits[index], np.float64)
-    probs = np.exp(logits - logits.max())
-    probs /= probs.sum()
-    top = np.argsort(-probs)[:5]
-    label = (lambda k: class_names[k]) if class_names is not None else str
-    out["prediction"] = [{"class": int(k), "name": label(int(k)), "prob": float(probs[k])}
-                         for k in top]
+    out["prediction"] = top_predictions(logits[index], class_names)
   return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  """Class probabilities of ``logits (..., C)`` in float64."""
+  z = np.asarray(logits, np.float64)
+  z = np.exp(z - z.max(axis=-1, keepdims=True))
+  return z / z.sum(axis=-1, keepdims=True)
+
+
+def top_predictions(logits: np.ndarray, class_names: Optional[Sequence[str]] = None,
+                    k: int = 5) -> list:
+  """The ``k`` most probable classes of one clip's ``logits (C,)``: ``[{"class", "name",
+  "prob"}, ...]``, most probable first (``name`` is the class index as text without
+  ``class_names``)."""
+  probs = softmax(logits)
+  label = (lambda c: class_names[c]) if class_names is not None else str
+  return [{"class": int(c), "name": label(int(c)), "prob": float(probs[c])}
+          for c in np.argsort(-probs)[:k]]

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deform3d.explain.importance import joint_importance, person_joints, sampling_points
+from deform3d.explain.importance import joint_importance, sampling_points
 from deform3d.models.layers import MultiHeadAttention
 from deform3d.models.stride_attention import person_groups, persons_present
 
@@ -70,24 +70,33 @@ def attention_grads(model, variables, frames, keypoints, target):
   clip) with respect to it (a zero perturbation added after each softmax), and the deformable
   sampling points ``{"block0/cross_attn": (B, G, Ns, 3), ...}``."""
   model = plain(model)
-  _, state = model.apply(variables, frames, keypoints, train=False, mutable=["intermediates"])
-  flat = flax.traverse_util.flatten_dict(state["intermediates"], sep="/")
-  maps = {k[:-len("/attention")]: v[0] for k, v in flat.items() if k.endswith("/attention")}
-  points = {k[:-len("/sampling_points")]: v[0] for k, v in flat.items()
-            if k.endswith("/sampling_points")}
 
-  def logit(deltas):
+  def run(deltas):
+    """The model with ``deltas`` (or nothing) added after each softmax: logits and the flat
+    ``intermediates`` it sowed."""
     def add_delta(next_fun, args, kwargs, context):
       out = next_fun(*args, **kwargs)
-      if isinstance(context.module, MultiHeadAttention) and context.method_name == "softmax":
+      if (deltas is not None and isinstance(context.module, MultiHeadAttention)
+          and context.method_name == "softmax"):
         out = out + deltas["/".join(context.module.path)]
       return out
     with nn.intercept_methods(add_delta):
-      logits = model.apply(variables, frames, keypoints, train=False)
-    return _target_logit(logits, target), logits
+      logits, state = model.apply(variables, frames, keypoints, train=False,
+                                  mutable=["intermediates"])
+    return logits, flax.traverse_util.flatten_dict(state["intermediates"], sep="/")
 
-  grads, logits = jax.grad(logit, has_aux=True)(jax.tree.map(jnp.zeros_like, maps))
-  return logits, maps, grads, points
+  def sown(flat, suffix):
+    return {k[:-len(suffix)]: v[0] for k, v in flat.items() if k.endswith(suffix)}
+
+  def logit(deltas):
+    logits, flat = run(deltas)
+    return _target_logit(logits, target), (logits, flat)
+
+  # One forward pass: the maps (sown before the zero perturbation) come out as auxiliary data.
+  shapes = sown(jax.eval_shape(lambda: run(None))[1], "/attention")
+  zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+  grads, (logits, flat) = jax.grad(logit, has_aux=True)(zeros)
+  return logits, sown(flat, "/attention"), grads, sown(flat, "/sampling_points")
 
 
 def _mix(att, grad, heads_axis):
@@ -197,9 +206,10 @@ def motionless(frames, keypoints):
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
 def integrated_gradients(model, variables, frames, keypoints, target, steps: int = 16):
-  """``(attr_frames, attr_keypoints, logit_clip, logit_baseline)``: the attributions
+  """``(attr_frames, attr_keypoints, logits, logit_gap)``: the attributions
   ``(x - x') * mean_alpha grad(x' + alpha (x - x'))`` (``steps`` midpoints) of the target logit
-  for frames and keypoints (the score channel, not varied, gets 0)."""
+  for frames and keypoints (the score channel, not varied, gets 0), the clips' logits, and
+  ``target logit(clip) - target logit(baseline)`` per clip."""
   base_f, base_k = motionless(frames, keypoints)
   diff_f, diff_k = frames - base_f, keypoints - base_k
 
@@ -214,10 +224,10 @@ def integrated_gradients(model, variables, frames, keypoints, target, steps: int
 
   alphas = (jnp.arange(steps, dtype=jnp.float32) + 0.5) / steps
   (gf, gk), _ = jax.lax.scan(step, (jnp.zeros_like(frames), jnp.zeros_like(keypoints)), alphas)
-  per_clip = lambda f, kp: jnp.take_along_axis(model.apply(variables, f, kp, train=False),
-                                               target[:, None].astype(jnp.int32), axis=1)[:, 0]
-  return (diff_f * gf / steps, diff_k * gk / steps, per_clip(frames, keypoints),
-          per_clip(base_f, base_k))
+  logits = model.apply(variables, frames, keypoints, train=False)
+  base = model.apply(variables, base_f, base_k, train=False)
+  pick = lambda z: jnp.take_along_axis(z, target[:, None].astype(jnp.int32), axis=1)[:, 0]
+  return diff_f * gf / steps, diff_k * gk / steps, logits, pick(logits) - pick(base)
 
 
 def _joints_of(keypoint_attr):
@@ -229,12 +239,14 @@ def _joints_of(keypoint_attr):
 
 
 def explain_batch(method: str, model, variables, frames, keypoints, target=None, *,
-                  steps: int = 16, maps=None) -> dict:
+                  steps: int = 16) -> dict:
   """Importance of a batch by ``method`` (``METHODS``) for the ``target`` classes (default: the
   predicted ones): ``{"joints": (B, T, P * J), "logits": (B, classes), ...}`` plus, per method,
-  ``points`` (rollout and grad_attention: per block ``(B, Ns)``), ``frames (B, T)``
-  (integrated gradients) or ``lift`` (attention). Larger is more important; the scales of
-  different methods are not comparable, only their rankings."""
+  the sampling points ``point_xyz (B, N, 3)`` with their ``point_weight (B, N)`` (attention,
+  rollout, grad_attention; the last two also ``points``, per block ``(B, Ns)``, and ``cross``),
+  or ``frames (B, T)`` and ``pixels (B, T, H, W)`` with ``attribution_sum`` and ``logit_gap``
+  (integrated gradients). For ``attention`` the joints are the first block's lift. Larger is
+  more important; the scales of different methods are not comparable, only their rankings."""
   if method not in METHODS:
     raise ValueError(f"explain: method must be one of {METHODS}, got {method!r}")
   frames, keypoints = jnp.asarray(frames), jnp.asarray(keypoints)
@@ -242,29 +254,26 @@ def explain_batch(method: str, model, variables, frames, keypoints, target=None,
     target = jnp.argmax(_logits(model, variables, frames, keypoints), axis=-1)
   target = jnp.asarray(target, jnp.int32)
   if method == "integrated_gradients":
-    af, ak, clip, base = integrated_gradients(model, variables, frames, keypoints, target, steps)
-    logits = _logits(model, variables, frames, keypoints)
+    af, ak, logits, gap = integrated_gradients(model, variables, frames, keypoints, target,
+                                               steps)
     pixels = np.abs(np.asarray(af)).sum(axis=-1)                           # (B, T, H, W)
     return {"joints": _joints_of(ak), "frames": pixels.sum(axis=(2, 3)), "pixels": pixels,
             "logits": np.asarray(logits), "attribution_sum": np.asarray(
                 af.sum(axis=(1, 2, 3, 4)) + ak.reshape(ak.shape[0], -1).sum(-1)),
-            "logit_gap": np.asarray(clip - base)}
+            "logit_gap": np.asarray(gap)}
   if method == "attention":
     from deform3d.models import attention_maps
     logits, sown = attention_maps(plain(model), variables, frames, keypoints)
-    logits, kp = np.asarray(logits), np.asarray(keypoints)
+    logits, kp, sown = np.asarray(logits), np.asarray(keypoints), jax.tree.map(np.asarray, sown)
+    present = persons_present(kp) if kp.ndim == 5 and kp.shape[1] > 1 else [None] * len(kp)
     out = []
     for i in range(kp.shape[0]):
-      present = person_joints(kp[i], [""] * kp.shape[-2], [])[3]
-      imp = joint_importance(jax.tree.map(np.asarray, sown), model, i,
-                             num_frames=frames.shape[1],
-                             present=present if len(present) > 1 else None)
+      imp = joint_importance(sown, model, i, num_frames=frames.shape[1], present=present[i])
       share = imp["uniform_share"]
       out.append(np.divide(imp["mean"], share, out=np.zeros_like(imp["mean"]),
                            where=share > 0))
     result = {"joints": np.stack(out), "logits": logits}
     if model.use_rgb:  # every block's sampling points by the attention they receive
-      sown = jax.tree.map(np.asarray, sown)
       per_clip = [sampling_points(sown, model, i) for i in range(kp.shape[0])]
       result["point_xyz"] = np.stack([np.concatenate([p["points"].reshape(-1, 3) for p in c])
                                       for c in per_clip])
