@@ -16,6 +16,11 @@ Suites (``--suite model|sampler|all``, and ``paper``, ``matmul``):
   peak memory is its own: compile time, step time (min/median/max), forward time, peak memory,
   XLA's FLOP count and the FLOP/s reached. Rows stop being started after ``--budget_s``; the
   JSON is rewritten after every row. Meant for an accelerator: on CPU one row takes minutes.
+* ``profile`` (not in ``all``): where one fwd+bwd step's time goes on XLA:CPU
+  (``launch/step_profile.py``): op time per model module and pass (forward/backward) and per
+  kind of op, the op count, the FLOP rate as a fraction of ``--reference_gflops`` (e.g. the
+  ``matmul`` suite's square-product rate), the minor page faults of one step; ``--plot`` writes
+  a PNG bar chart. The size is ``--sizes`` (one of ``MODEL_SIZES``, default embedded).
 * ``matmul`` (not in ``all``): float32 and bfloat16 matmul GFLOP/s at the model's shapes under
   several ``XLA_FLAGS`` sets (``XLA_FLAG_SETS``: XLA:CPU's oneDNN and XNNPACK paths), each in
   its own process, beside torch's. ``taskset -c 0`` gives one core's numbers.
@@ -365,6 +370,15 @@ def peak_memory(fn, device=None):
   return None if before is None or peak is None else max(peak - before, 0)
 
 
+def minor_faults(fn):
+  """Minor page faults of one call of ``fn`` in this process (``getrusage``): on CPU, each is
+  a 4 KiB page of freshly mapped memory touched for the first time."""
+  import resource
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  fn()
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
 def _median_time(fn, repeats):
   """Median seconds of one call of ``fn`` over ``repeats`` calls, after one warm-up call."""
   return _paired_times([fn], repeats, pause_s=0.0)[0]
@@ -452,6 +466,12 @@ def _torch_impls(model, params, data, dtype, torch_compile, torch_fast=False):
   forms = [(False, "")] + ([(True, " fast")] if torch_fast else [])
   variants = [("torch" + tag, torch_reference.forward, fast) for fast, tag in forms]
   if torch_compile:
+    # The reference calls ``block`` once per block with differently shaped parameters (and the
+    # two programs and train/eval each once more): well over dynamo's default of 8 compiled
+    # versions, past which it silently runs the rest in eager mode.
+    config = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, limit, max(getattr(config, limit), 256))
     variants += [("torch.compile" + tag, torch.compile(torch_reference.forward), fast)
                  for fast, tag in forms]
   impls = []
@@ -535,7 +555,8 @@ def bench_model(repeats, sizes=None, dtypes=DTYPES, torch_compile=False, jax_pla
         row = dict(info, fwd_ms=1e3 * f, fwd_bwd_ms=1e3 * st,
                    fwd_ms_min_max=[1e3 * x for x in fs],
                    fwd_bwd_ms_min_max=[1e3 * x for x in ss],
-                   peak_mem_mb=_mb(peak_memory(run_step, device)), size=name,
+                   peak_mem_mb=_mb(peak_memory(run_step, device)),
+                   minor_faults_per_step=minor_faults(run_step), size=name,
                    label=f"{name} {label}", dtype=dtype, batch=batch)
         new.append(row)
       base = new[0]
@@ -546,6 +567,29 @@ def bench_model(repeats, sizes=None, dtypes=DTYPES, torch_compile=False, jax_pla
         rows.append(r)
         log(f"[{len(rows)}] " + _row_line(r))
   return rows
+
+
+def profile_suite(size, dtype, plain=False, reference_gflops=None, plot=None, log=print):
+  """``--suite profile``: ``step_profile.profile_step`` of one ``MODEL_SIZES`` entry."""
+  import step_profile
+  if jax.devices()[0].platform != "cpu":
+    raise SystemExit("--suite profile reads XLA:CPU's per-op trace; on an accelerator use "
+                     "jax.profiler with TensorBoard/XProf")
+  known = {s[0]: s for s in MODEL_SIZES}
+  if size not in known:
+    raise SystemExit(f"--sizes {size!r}: --suite profile takes one of {sorted(known)}")
+  _, spec, overrides, batch = known[size]
+  model, params, data, label = _build(size_config(spec, overrides), dtype, batch)
+  if plain:
+    model = model.clone(fast=False)
+  result = step_profile.profile_step(model, params, data, reference_gflops=reference_gflops)
+  result.update(size=size, label=f"{size} {label} {'plain' if plain else 'fast'}",
+                title=f"{size} {label}, {'plain' if plain else 'fast'} modules, "
+                      f"{jax.devices()[0].device_kind}, {len(os.sched_getaffinity(0))} threads")
+  step_profile.print_profile(result, log=log)
+  if plot:
+    step_profile.plot_profile(result, plot)
+  return result
 
 
 def _leaves(tree):
@@ -598,7 +642,8 @@ def main():
     print(json.dumps(matmul_rows(*json.loads(sys.argv[2]))), flush=True)
     return
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--suite", choices=("all", "model", "sampler", "paper", "matmul"),
+  parser.add_argument("--suite", choices=("all", "model", "sampler", "paper", "matmul",
+                                          "profile"),
                       default="all")
   parser.add_argument("--batch", type=int, default=16, help="--suite paper: the batch")
   parser.add_argument("--paper_spec", default=PAPER_SPEC, help="--suite paper: the config")
@@ -620,6 +665,11 @@ def main():
                       help="also time the torch reference with fast.py's rewrites (the program "
                            "the default JAX model computes)")
   parser.add_argument("--out", default=None, help="write the rows and device info as JSON")
+  parser.add_argument("--plot", default=None, help="--suite profile: write a PNG bar chart")
+  parser.add_argument("--reference_gflops", type=float, default=None,
+                      help="--suite profile: the FLOP rate to report the step's as a fraction of")
+  parser.add_argument("--plain", action="store_true",
+                      help="--suite profile: the plain modules (model.fast=False)")
   args = parser.parse_args()
   info = {"device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
           "jax": jax.__version__, "python": platform.python_version(), **machine_info()}
@@ -648,6 +698,9 @@ def main():
     print_sampler_table(result["sampler"])
   if args.suite == "matmul":
     result["matmul"] = bench_matmul(args.repeats)
+  if args.suite == "profile":
+    result["profile"] = profile_suite(args.sizes or "embedded", args.dtypes.split(",")[0],
+                                      args.plain, args.reference_gflops, args.plot)
   if args.suite == "paper":
     rows = PAPER_ROWS
     if args.paper_rows:
@@ -672,10 +725,16 @@ def _write(path, result):
       json.dump(result, fh, indent=1)
 
 
+# Environment variables that change the timings: recorded with every run.
+ENV_RECORDED = ("GLIBC_TUNABLES", "XLA_FLAGS", "OMP_NUM_THREADS", "MALLOC_ARENA_MAX")
+
+
 def machine_info():
-  """The CPU's model, count and flags (``/proc/cpuinfo``) and the load average now."""
+  """The CPU's model, count and flags (``/proc/cpuinfo``), the load average now and the
+  ``ENV_RECORDED`` variables that are set."""
   info = {"cpu_count": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
-          "loadavg_before": os.getloadavg()}
+          "loadavg_before": os.getloadavg(),
+          "env": {k: os.environ[k] for k in ENV_RECORDED if k in os.environ}}
   try:
     with open("/proc/cpuinfo") as fh:
       for line in fh:
@@ -690,4 +749,6 @@ def machine_info():
 
 
 if __name__ == "__main__":
+  from deform3d import host_malloc
+  host_malloc.maybe_reexec()  # with DEFORM3D_HOST_MALLOC=1 (docs/performance.md)
   main()

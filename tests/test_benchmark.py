@@ -25,7 +25,7 @@ def test_model_benchmark_reports_jax_and_the_torch_reference():
   assert [r["impl"] for r in rows] == ["jax", "jax plain", "torch", "torch fast"]
   for r in rows:
     assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["clips_per_s_fwd_bwd"] > 0
-    assert r["size"] == "tiny" and r["dtype"] == "float32"
+    assert r["size"] == "tiny" and r["dtype"] == "float32" and r["minor_faults_per_step"] >= 0
     lo, hi = r["fwd_bwd_ms_min_max"]
     assert 0 < lo <= r["fwd_bwd_ms"] <= hi
   assert rows[0]["compile_s"] > 0 and rows[0]["fwd_bwd_speedup_of_jax"] == 1.0
@@ -85,3 +85,47 @@ def test_matmul_suite_runs_each_xla_flag_set_in_its_own_process():
     assert len(impl_rows) == 2 * len(benchmark.MATMUL_SHAPES)  # float32 and bfloat16 each
     for r in impl_rows:
       assert 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"] and r["gflops_per_s"] > 0
+
+
+def test_profile_module_key_reads_flax_paths_and_the_pass():
+  import step_profile
+  fwd = ("jit(loss_fn)/jvp(Deform3DTransformer)/block1/block1.pose_layers/joint_attn/"
+         "joint_attn.attend/attn/attn.project/query/dot_general")
+  bwd = fwd.replace("jvp(Deform3DTransformer)", "transpose(jvp(Deform3DTransformer))")
+  assert step_profile.module_key(fwd) == ("fwd", "block*/pose_layers/joint_attn")
+  assert step_profile.module_key(bwd, depth=5) == ("bwd", "block*/pose_layers/joint_attn/attend/attn")
+  assert step_profile.module_key("jit(loss_fn)/reduce_sum") == ("other", "(model inputs and loss)")
+
+
+def test_profile_suite_attributes_the_step_to_modules(tmp_path):
+  """``--suite profile`` on the tiny config: executed ops are found in the trace and joined with
+  the HLO's module paths, forward and backward; the per-module and per-category times add up
+  to the traced op time; the PNG is written."""
+  plot = tmp_path / "profile.png"
+  result = benchmark.profile_suite("tiny", "float32", reference_gflops=100.0, plot=str(plot),
+                                   log=lambda s: None)
+  modules = {(r["pass"], r["module"]) for r in result["modules"]}
+  assert ("fwd", "block*/pose_layers/joint_attn") in modules
+  assert ("bwd", "block*/pose_layers/joint_attn") in modules
+  assert ("fwd", "block*/cross_attn") in modules and ("bwd", "block*/cross_attn") in modules
+  total = result["op_ms_per_step"]
+  assert 0 < total < 10 * result["step_ms"]
+  assert abs(sum(r["ms"] for r in result["modules"]) - total) < 1e-6 * total
+  assert abs(sum(r["ms"] for r in result["categories"]) - total) < 1e-6 * total
+  assert {"matmul", "other"} <= {r["category"] for r in result["categories"]}
+  assert result["pass_ms"]["fwd"] > 0 and result["pass_ms"]["bwd"] > 0
+  assert 0 < result["ops_executed_per_step"] and 0 < result["xla_ops"]
+  assert result["minor_faults_per_step"] >= 0
+  assert abs(result["fraction_of_reference"] * 100.0 - result["gflops_per_s"]) < 1e-9
+  assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_joint_layouts_are_the_same_function(stride):
+  """launch/joint_layouts.py: the masked per-frame form equals the model's grouped form
+  (values and gradients), and both are timed."""
+  import joint_layouts
+  rows = joint_layouts.compare(batch=3, frames=2, stride=stride, repeats=1, log=lambda s: None)
+  assert [r["form"] for r in rows] == ["grouped", "masked"]
+  for r in rows:
+    assert r["max_rel_diff_vs_grouped"] < 1e-5 and r["ms"] > 0 and r["xla_ops"] > 0
