@@ -47,4 +47,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from deform3d import host_malloc
+  host_malloc.maybe_reexec()  # with DEFORM3D_HOST_MALLOC=1 (docs/performance.md)
   app.run(main)
