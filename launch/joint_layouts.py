@@ -35,21 +35,22 @@ from deform3d.models.stride_attention import group_mean, person_groups  # noqa: 
 from deform3d.ops.batched_matmul import matmul_nn, matmul_nt  # noqa: E402
 
 
-def _group_weights(present, num_groups, persons):
-  """``present (B, P)`` -> the groups' weights in the cross token's mean and their persons'
-  presence, as ``JointStrideAttention`` computes them."""
-  gp = present[:, np.repeat(np.arange(persons), num_groups // persons)]
-  return gp | ~gp.any(axis=1, keepdims=True), gp
+def _groups(present, joints, window, stride):
+  """The groups' index table ``(Ng, w)`` (``person_groups``) and, from ``present (B, P)``, the
+  groups' weights in the cross token's mean and their persons' presence ``(B, Ng)``, as
+  ``JointStrideAttention`` computes them."""
+  persons = present.shape[1]
+  idx = person_groups(joints, window, stride, persons)
+  gp = present[:, np.repeat(np.arange(persons), idx.shape[0] // persons)]
+  return idx, gp | ~gp.any(axis=1, keepdims=True), gp
 
 
 def grouped(q, k, v, present, joints, window, stride):
   """The model's form: one small attention per group (``JointGroupLayout``)."""
   b, t, _, h, d = q.shape
-  persons = present.shape[1]
-  idx = person_groups(joints, window, stride, persons)
+  idx, weights, gp = _groups(present, joints, window, stride)
   ng = idx.shape[0]
-  weights, gp = _group_weights(present, ng, persons)
-  layout = JointGroupLayout(joints, window, stride, persons, weights)
+  layout = JointGroupLayout(joints, window, stride, present.shape[1], weights)
   valid = np.concatenate([np.ones((ng, 1), bool), idx >= 0], axis=1)
   keys = jnp.concatenate([jnp.ones_like(gp[..., None]),
                           jnp.broadcast_to(gp[..., None], gp.shape + (window,))], axis=-1)
@@ -65,10 +66,8 @@ def grouped(q, k, v, present, joints, window, stride):
 def masked(q, k, v, present, joints, window, stride):
   """One masked attention per frame over the cross token and all joints (module docstring)."""
   b, t, n, h, d = q.shape
-  persons = present.shape[1]
-  idx = person_groups(joints, window, stride, persons)
+  idx, weights, _ = _groups(present, joints, window, stride)
   ng = idx.shape[0]
-  weights, _ = _group_weights(present, ng, persons)
   group_of = np.full(n - 1, -1)
   g_i, s_i = np.nonzero(idx >= 0)
   group_of[idx[g_i, s_i]] = g_i
