@@ -1,6 +1,6 @@
 """Benchmarks, side by side in one run: ``python launch/benchmark.py [--out results.json]``.
 
-Suites (``--suite model|sampler|all``, and ``paper``, ``matmul``):
+Suites (``--suite model|sampler|all``, and ``paper``, ``profile``, ``matmul``):
 
 * ``model``: the full ``Deform3DTransformer``, forward (eval) and forward+backward (cross-entropy
   and all parameter gradients) at several sizes and dtypes, next to the PyTorch reference
