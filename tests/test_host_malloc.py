@@ -74,10 +74,12 @@ def loss(w, x):
 f = jax.jit(jax.grad(loss))  # an 80 MB temporary buffer per execution
 for _ in range(3):  # the heap reaches its steady state
   f(w, x).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-y = np.asarray(f(w, x))
-faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(json.dumps([faults, hashlib.sha256(y.tobytes()).hexdigest()]))
+faults = []
+for _ in range(7):  # per call; the median, since heap fragmentation can cost one call a refill
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  y = np.asarray(f(w, x))
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps([float(np.median(faults)), hashlib.sha256(y.tobytes()).hexdigest()]))
 """
 
 
@@ -86,5 +88,5 @@ def test_tunables_remove_the_page_faults_and_change_no_result():
   faults_default, digest_default = _run(FAULTS, {})
   faults_tuned, digest_tuned = _run(FAULTS, {"GLIBC_TUNABLES": ":".join(host_malloc.TUNABLES)})
   assert digest_tuned == digest_default
-  assert faults_default > 10_000, faults_default  # > 40 MB of freshly mapped pages touched
+  assert faults_default > 10_000, faults_default  # > 40 MB of freshly mapped pages per call
   assert faults_tuned < faults_default / 10, (faults_tuned, faults_default)
