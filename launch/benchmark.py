@@ -429,21 +429,25 @@ def _build(config, dtype, batch):
   return model, params, (frames, keypoints, labels), label
 
 
-def _jax_impl(model, params, data, impl="jax"):
-  """The jitted JAX forward and step as zero-argument callables, with compile times."""
+def compile_grad_step(model, params, data):
+  """The compiled fwd+bwd step (cross-entropy and every parameter gradient, no optimizer) on
+  ``data = (frames, keypoints, labels)``: ``(compiled, device inputs, compile seconds)``."""
   import optax
-  frames, keypoints, labels = data
 
   def loss_fn(p, f, k, y):
     logits = model.apply({"params": p}, f, k, train=True)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-  fwd = jax.jit(lambda p, f, k: model.apply({"params": p}, f, k))
-  step = jax.jit(jax.value_and_grad(loss_fn))
-  xs = [jax.device_put(x) for x in (frames, keypoints, labels)]
+  xs = [jax.device_put(x) for x in data]
   t = time.perf_counter()
-  compiled = step.lower(params, *xs).compile()
-  compile_s = time.perf_counter() - t
+  compiled = jax.jit(jax.value_and_grad(loss_fn)).lower(params, *xs).compile()
+  return compiled, xs, time.perf_counter() - t
+
+
+def _jax_impl(model, params, data, impl="jax"):
+  """The jitted JAX forward and step as zero-argument callables, with compile times."""
+  fwd = jax.jit(lambda p, f, k: model.apply({"params": p}, f, k))
+  compiled, xs, compile_s = compile_grad_step(model, params, data)
   t = time.perf_counter()
   fwd_compiled = fwd.lower(params, *xs[:2]).compile()
   info = {"impl": impl, "compile_s": compile_s, "compile_fwd_s": time.perf_counter() - t}
@@ -572,12 +576,12 @@ def bench_model(repeats, sizes=None, dtypes=DTYPES, torch_compile=False, jax_pla
 def profile_suite(size, dtype, plain=False, reference_gflops=None, plot=None, log=print):
   """``--suite profile``: ``step_profile.profile_step`` of one ``MODEL_SIZES`` entry."""
   import step_profile
-  if jax.devices()[0].platform != "cpu":
-    raise SystemExit("--suite profile reads XLA:CPU's per-op trace; on an accelerator use "
-                     "jax.profiler with TensorBoard/XProf")
   known = {s[0]: s for s in MODEL_SIZES}
   if size not in known:
     raise SystemExit(f"--sizes {size!r}: --suite profile takes one of {sorted(known)}")
+  if jax.devices()[0].platform != "cpu":
+    raise SystemExit("--suite profile reads XLA:CPU's per-op trace; on an accelerator use "
+                     "jax.profiler with TensorBoard/XProf")
   _, spec, overrides, batch = known[size]
   model, params, data, label = _build(size_config(spec, overrides), dtype, batch)
   if plain:

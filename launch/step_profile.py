@@ -121,16 +121,9 @@ def summarize(events, instructions, steps, depth=3):
 def profile_step(model, params, data, steps=3, depth=3, reference_gflops=None):
   """Profile of the jitted fwd+bwd step (cross-entropy and every gradient, no optimizer) of
   ``model`` on ``data = (frames, keypoints, labels)``; see the module docstring."""
-  import optax
+  from benchmark import _flops, compile_grad_step, minor_faults, xla_stats
 
-  from benchmark import _flops, minor_faults, xla_stats
-
-  def loss_fn(p, f, k, y):
-    logits = model.apply({"params": p}, f, k, train=True)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-  xs = [jax.device_put(x) for x in data]
-  compiled = jax.jit(jax.value_and_grad(loss_fn)).lower(params, *xs).compile()
+  compiled, xs, _ = compile_grad_step(model, params, data)
   run = lambda: jax.block_until_ready(compiled(params, *xs))
   for _ in range(2):
     run()

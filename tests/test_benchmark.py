@@ -118,6 +118,8 @@ def test_profile_suite_attributes_the_step_to_modules(tmp_path):
   assert result["minor_faults_per_step"] >= 0
   assert abs(result["fraction_of_reference"] * 100.0 - result["gflops_per_s"]) < 1e-9
   assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  with pytest.raises(SystemExit, match="'huge'.*takes one of .*'embedded'"):
+    benchmark.profile_suite("huge", "float32")
 
 
 @pytest.mark.parametrize("stride", [1, 2])
