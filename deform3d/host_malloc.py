@@ -8,17 +8,19 @@ time: about 149,000 page faults of 4 KiB each per step. Three glibc tunables kee
 ``mmap_max=0`` (never ``mmap``: large blocks come from the heap), ``trim_threshold`` at 64 GiB
 (never give the heap back to the kernel) and ``arena_max=1`` (one heap for all threads: XLA
 allocates on its own threads, whose arenas could not hold such a block). The next step then
-reuses the same pages: no faults. Results are bit for bit the same. The cost: the process keeps
+reuses the same pages (31-54 faults per step measured; heap fragmentation can make one step
+refill). Results are bit for bit the same. The cost: the process keeps
 its peak memory resident until it exits, and all threads share one malloc lock.
 
 Measured (docs/performance.md, "Page faults"): the embedded training step alone runs 1.26x
-faster on one core and 1.12x on two; the whole training job on the 2-core machine, with the
+faster on one core and 1.12x on two, but the forward pass alone got slower (cause not found)
+and the whole training job on the 2-core machine, with the
 TensorFlow input pipeline's threads sharing the one heap, did not (1.22 against 1.28 steps/s, one
 run each). So it is opt-in: with ``DEFORM3D_HOST_MALLOC=1`` the launch scripts call
 ``maybe_reexec()`` first, which restarts the same command line once, in the same process
 (``execve``), with the tunables added to ``GLIBC_TUNABLES``. It does nothing off Linux/glibc or
 when any ``glibc.malloc`` tunable is already set (the user's own choice wins). Setting the
-variable by hand works everywhere, including for Jupyter: ``env_line()`` prints it.
+variable by hand works on any glibc system, including for Jupyter: ``env_line()`` prints it.
 """
 from __future__ import annotations
 
