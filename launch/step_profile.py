@@ -18,7 +18,6 @@ import json
 import os
 import re
 import tempfile
-import time
 
 import jax
 import numpy as np
@@ -121,25 +120,21 @@ def summarize(events, instructions, steps, depth=3):
 def profile_step(model, params, data, steps=3, depth=3, reference_gflops=None):
   """Profile of the jitted fwd+bwd step (cross-entropy and every gradient, no optimizer) of
   ``model`` on ``data = (frames, keypoints, labels)``; see the module docstring."""
-  from benchmark import _flops, compile_grad_step, minor_faults, xla_stats
+  from benchmark import _flops, _times, compile_grad_step, minor_faults, xla_stats
 
   compiled, xs, _ = compile_grad_step(model, params, data)
   run = lambda: jax.block_until_ready(compiled(params, *xs))
-  for _ in range(2):
-    run()
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    run()
-    times.append(time.perf_counter() - t)
+  run()  # a first warm-up; _times runs one more
+  times = _times(run, steps)
   faults = minor_faults(run)
   with tempfile.TemporaryDirectory() as log_dir:
     events = trace_events(run, steps, log_dir)
   result = summarize(events, hlo_instructions(compiled.as_text()), steps, depth)
-  step_ms = 1e3 * float(np.median(times))
+  step_ms = 1e3 * times["median"]
   flops = _flops(compiled)
-  result.update(xla_stats(compiled), step_ms=step_ms, minor_faults_per_step=faults,
-                page_fault_mb_per_step=faults * 4096 / 2**20,
+  result.update(xla_stats(compiled), step_ms=step_ms,
+                step_ms_min_max=[1e3 * times["min"], 1e3 * times["max"]],
+                minor_faults_per_step=faults, page_fault_mb_per_step=faults * 4096 / 2**20,
                 gflop_per_step=None if flops is None else flops / 1e9)
   if flops is not None:
     result["gflops_per_s"] = flops / 1e9 / (step_ms / 1e3)
