@@ -3,6 +3,11 @@
 
   multihost_worker.py multi DATA WORKDIR PROCESS_ID PORT
   multihost_worker.py single DATA WORKDIR
+  multihost_worker.py eval DATA PROCESS_ID PORT   (one of two processes, one device each)
+  multihost_worker.py eval DATA                   (the one-process reference)
+
+The eval modes evaluate the same drawn parameters on the ``val`` split (per-process batch 4) and
+print ``EVAL {json}`` from process 0: the metrics, and the logits and labels of every clip.
 """
 import json
 import os
@@ -26,7 +31,39 @@ def config_for(data):
   return c
 
 
-def main(mode, data, workdir, *rest):
+def evaluate(data, *rest):
+  from deform3d.train import distributed
+  if rest:
+    how = distributed.initialize(f"localhost:{rest[1]}", 2, int(rest[0]))
+  else:
+    how = distributed.initialize()
+  from data_pipelines import loaders
+  from deform3d.train import sharding, trainer
+
+  config = config_for(data)
+  config.batch_size = 4 * jax.process_count()  # 4 videos per process and step
+  tr = trainer.Trainer(config, sharding.make_mesh(), loaders.input_shapes(config))
+  params = tr.init(jax.random.key(0)).params
+  # The head is zero-initialised: move every parameter so that the logits tell clips apart.
+  def perturb(params):
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(7), len(leaves))
+    return jax.tree.unflatten(tree, [p + 0.3 * jax.random.normal(k, p.shape)
+                                     for p, k in zip(leaves, keys)])
+  params = jax.jit(perturb, out_shardings=tr.state_sharding.params)(params)
+  out = tr.evaluate(params, loaders.eval_iter(config, "val"))
+  if jax.process_index() == 0:
+    print("EVAL " + json.dumps({
+        "how": how, "processes": jax.process_count(), "top1": out["top1"],
+        "top5": out["top5"], "mean_class_accuracy": out["mean_class_accuracy"],
+        "num_examples": out["num_examples"],
+        "confusion_matrix": out["confusion_matrix"].tolist(),
+        "logits": out["logits"].tolist(), "labels": out["labels"].tolist()}), flush=True)
+
+
+def main(mode, data, workdir=None, *rest):
+  if mode == "eval":
+    return evaluate(data, *((workdir,) + rest if workdir else ()))
   from deform3d.train import distributed
   if mode == "multi":
     pid, port = int(rest[0]), int(rest[1])

@@ -208,3 +208,66 @@ def test_restore_checkpoint_for_evaluation_names_missing_steps(data_dir, tmp_pat
     np.testing.assert_array_equal(a, b)
   with pytest.raises(FileNotFoundError, match=r"no checkpoint at step 3; have \[4\]"):
     trainer.restore_checkpoint(tr, str(tmp_path), config, step=3)
+
+
+class _ClipValueModel:
+  """Stands in for the model in ``Trainer.eval_step``: a clip's logits are its first frame's
+  first ``C`` joints' x coordinates, so each clip's output is known in advance."""
+
+  def __init__(self, num_classes):
+    self.num_classes = num_classes
+
+  def apply(self, variables, frames, keypoints, train=False):
+    assert not train
+    return keypoints[:, 0, :self.num_classes, 0] + 0.0 * frames.mean()
+
+
+def test_evaluation_averages_each_videos_own_clips_and_keeps_its_label(data_dir, rng):
+  """Per-clip logits known in advance: every video's logits must be the mean of its own K clips
+  (a ``(K, B)`` for ``(B, K)`` reshape mixes videos), paired with its own label, padded examples
+  left out, and top-1 / top-5 as computed here by hand (12 classes, so top-5 is not trivially 1)."""
+  from deform3d.train.sharding import make_mesh
+  config = tiny_config(data_dir)
+  config.batch_size = 4
+  c, b, k, t, j = 12, 4, 3, 4, 17
+  tr = trainer.Trainer(config, make_mesh(), {"frames": (t, 8, 8, 3), "keypoints": (t, j, 3)})
+  tr.model = _ClipValueModel(c)  # read when eval_step is first traced
+  params = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), tr.abstract_state.params)
+  n = 7  # two batches of 4, the second padded with one masked example
+  clip_logits = rng.standard_normal((n, k, c)).astype(np.float32)
+  labels = rng.integers(0, c, n).astype(np.int32)
+  video_logits = clip_logits.mean(1)
+  labels[:3] = video_logits[:3].argmax(-1)  # some right, the others (mostly) wrong
+  batches = []
+  for start in (0, 4):
+    sl = slice(start, min(start + b, n))
+    m = sl.stop - sl.start
+    keypoints = np.zeros((b, k, t, j, 3), np.float32)
+    keypoints[:m, :, 0, :c, 0] = clip_logits[sl]
+    keypoints[m:, :, 0, :c, 0] = 100.0  # padding that would win every argmax if it were kept
+    batches.append({"frames": np.zeros((b, k, t, 8, 8, 3), np.float32), "keypoints": keypoints,
+                    "label": np.pad(labels[sl], (0, b - m)),
+                    "mask": np.pad(np.ones(m, np.float32), (0, b - m))})
+  out = tr.evaluate(params, iter(batches))
+  np.testing.assert_allclose(out["logits"], video_logits, rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(out["labels"], labels)
+  ranks = np.argsort(-video_logits, axis=1)
+  assert out["top1"] == pytest.approx(np.mean(ranks[:, 0] == labels))
+  assert out["top5"] == pytest.approx(np.mean([y in r[:5] for y, r in zip(labels, ranks)]))
+  assert out["num_examples"] == n and out["top5"] < 1.0
+
+
+def test_top5_and_mean_class_accuracy_with_more_than_five_classes():
+  """7 classes: a label ranked 6th or 7th is outside the top 5."""
+  logits = np.array([[7, 6, 5, 4, 3, 2, 1],    # label 0: rank 1
+                     [7, 6, 5, 4, 3, 2, 1],    # label 4: rank 5
+                     [7, 6, 5, 4, 3, 2, 1],    # label 5: rank 6 -> outside
+                     [1, 2, 3, 4, 5, 6, 7],    # label 0: rank 7 -> outside
+                     [1, 2, 3, 4, 5, 6, 7.]])  # label 6: rank 1
+  labels = np.array([0, 4, 5, 0, 6])
+  m = classification_metrics(logits, labels)
+  assert m["top1"] == pytest.approx(2 / 5)
+  assert m["top5"] == pytest.approx(3 / 5)
+  # recall: class 0 1/2, class 4 0/1, class 5 0/1, class 6 1/1 -> mean over present classes
+  assert m["mean_class_accuracy"] == pytest.approx((0.5 + 0 + 0 + 1) / 4)
+  np.testing.assert_array_equal(m["confusion_matrix"][0], [1, 0, 0, 0, 0, 0, 1])

@@ -158,20 +158,54 @@ class Trainer:
 
   # -- loops ------------------------------------------------------------------------------------
   def evaluate(self, params, batches: Iterator[dict]) -> dict:
-    """Runs ``eval_step`` over padded, masked batches; returns metrics and per-example arrays."""
+    """Runs ``eval_step`` over every process's padded, masked batches; returns metrics and the
+    per-example ``logits`` and ``labels`` (process 0's examples first, then process 1's, ...).
+
+    Processes may hold different numbers of batches (an uneven split: 9 and 8 videos at a
+    per-process batch of 4 are 3 and 2 batches). Every step, one small all-gather tells each
+    process whether any process still has a batch; a process that has run out feeds an
+    all-masked batch of the same shape. So every process runs the same number of eval steps and
+    collectives, and none waits forever for the others (big_vision pads its evaluation alike).
+    """
     all_logits, all_labels = [], []
+    multi = jax.process_count() > 1
     gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    for batch in batches:
+    it = iter(batches)
+    template = None  # zeros of this process's batch shape, all masked
+    while True:
+      batch = next(it, None)
+      if batch is not None and template is None:
+        template = {k: np.zeros_like(v) for k, v in batch.items() if v.dtype.kind in "biuf"}
+      if multi:
+        # [has a batch, local batch size, clips per video] of every process.
+        shape = (batch["label"].shape[0], batch["keypoints"].shape[1]) if batch else (0, 0)
+        info = gather(np.array([batch is not None, *shape], np.int32)).reshape(-1, 3)
+        if not info[:, 0].any():
+          break
+        if batch is None:
+          batch = template if template is not None else self._empty_eval_batch(
+              *info[info[:, 0].argmax(), 1:])
+      elif batch is None:
+        break
       batch = shd.global_batch(batch, self.mesh)
       logits = gather(self.eval_step(params, batch))
       keep = gather(batch["mask"]) > 0
       all_logits.append(logits[keep])
       all_labels.append(gather(batch["label"])[keep])
+    if not all_logits:
+      raise ValueError("evaluate: the evaluation data has no batches")
     logits = np.concatenate(all_logits)
     labels = np.concatenate(all_labels)
     out = classification_metrics(logits, labels)
     out["logits"], out["labels"] = logits, labels
     return out
+
+  def _empty_eval_batch(self, batch_size: int, clips: int) -> dict:
+    """An all-masked evaluation batch ``(B, K, ...)`` for a process that has no data at all."""
+    lead = (int(batch_size), int(clips))
+    return {"frames": np.zeros(lead + self.example_shapes["frames"][1:], np.float32),
+            "keypoints": np.zeros(lead + self.example_shapes["keypoints"][1:], np.float32),
+            "label": np.zeros(lead[:1], np.int32), "mask": np.zeros(lead[:1], np.float32)}
 
 
 def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
