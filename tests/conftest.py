@@ -26,6 +26,7 @@ def pytest_configure(config):
   a cache between runs."""
   global _CACHE_OWNER
   config.addinivalue_line("markers", "heavy: a long test, scheduled first")
+  config.addinivalue_line("markers", "slow: left out of the quick tier (pytest -m 'not slow')")
   if "JAX_COMPILATION_CACHE_DIR" not in os.environ and "PYTEST_XDIST_WORKER" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="deform3d-jax-cache-")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")

@@ -139,18 +139,20 @@ def finegym_dir(rng, root, n_train=3, n_test=2):
   """Gym99 files: two event videos, element lists, annotation json, categories, gym_hrnet.pkl."""
   os.makedirs(os.path.join(root, "videos"), exist_ok=True)
   hw = (48, 64)
-  info, anns, lists = {}, [], {"train": [], "test": []}
+  info, anns, lists, videos, windows = {}, [], {"train": [], "test": []}, {}, {}
   for v, vid in enumerate(["vidA-x_1", "vidB_22"]):
     video = frames(rng, 90, *hw)  # 3 s at 30 fps
     write_video(os.path.join(root, "videos", vid + ".mp4"), video, fps=30)
+    videos[vid] = video
     info[vid] = {"E_000000_000003": {"event": 1, "timestamps": [[0.1, 2.9]], "segments": {}}}
     for e in range(3):
       seg = f"A_{e:04d}_{e + 1:04d}"
-      t0, t1 = 0.5 * e, 0.5 * e + 0.8
+      t0, t1 = 0.5 * e, 0.5 * e + 0.6 + 0.2 * e  # windows of 18, 24 and 30 frames
       info[vid]["E_000000_000003"]["segments"][seg] = {"stages": 1, "timestamps": [[t0, t1]]}
       eid = f"{vid}_E_000000_000003_{seg}"
       label = int(rng.integers(0, 99))
       lists["train" if v == 0 or e == 0 else "test"].append((eid, label))
+      windows[eid] = (vid, 0.1 + t0, 0.1 + t1)  # seconds in the event video
       n = len([i for i in range(90) if 0.1 + t0 <= i / 30 < 0.1 + t1])
       anns.append(pyskl_annotation(rng, eid, label, n, hw))
   with open(os.path.join(root, "gym99_train_element_v1.1.txt"), "w") as fh:
@@ -165,4 +167,5 @@ def finegym_dir(rng, root, n_train=3, n_test=2):
   write_pickle(os.path.join(root, "gym_hrnet.pkl"),
                {"train": [e for e, _ in lists["train"]], "val": [e for e, _ in lists["test"]]},
                anns)
-  return {"lists": lists, "anns": {a["frame_dir"]: a for a in anns}, "info": info}
+  return {"lists": lists, "anns": {a["frame_dir"]: a for a in anns}, "info": info,
+          "videos": videos, "windows": windows}

@@ -50,6 +50,25 @@ def frame_error(a, b):
   return np.abs(a.astype(np.float64) - b.astype(np.float64)).mean()
 
 
+def assert_frames_are(got, source, index, tol):
+  """Record frame ``i`` is source frame ``index[i]``: within ``tol`` (mean absolute error, the
+  codecs' loss) and nearer to it than to every source frame with other content (each fixture
+  frame has its own square position), so a reversed, shifted or frozen video fails."""
+  got, source = np.asarray(got, np.float64), np.asarray(source, np.float64)
+  assert len(got) == len(index), (len(got), len(index))
+  for i, want in enumerate(index):
+    own = np.abs(got[i] - source[want]).mean()
+    assert own < tol, (i, want, own)
+    others = [np.abs(got[i] - source[j]).mean() for j in range(len(source))
+              if np.abs(source[j] - source[want]).max() > 0]
+    assert own < min(others), (i, want, own, min(others))
+
+
+def resized(video, hw):
+  import tensorflow as tf
+  return tf.image.resize(np.asarray(video, np.float32), hw, antialias=True).numpy()
+
+
 # ---------------------------------------------------------------- raw readers
 
 def test_read_skeleton_three_bodies_and_missing_frames(rng, tmp_path):
@@ -272,7 +291,7 @@ def test_ntu_kinect_records_equal_source(raw, built):
       np.testing.assert_allclose(rec["keypoints"][m], want, rtol=0, atol=2e-3)
       np.testing.assert_array_equal(rec["scores"][m], person["scores"])
     assert rec["label"] == src["label"] and rec["hw"] == (h, w)
-    assert frame_error(rec["frames"], src["video"]) < 5.0
+    assert_frames_are(rec["frames"], src["video"], range(len(src["video"])), 5.0)
   assert [len(train[k]["keypoints"]) for k in sorted(train)] == [1, 2]  # A010: 1, A055: 3 -> 2
   bad = skipped(built["ntu60"], "train")
   assert set(bad) == {"S001C001P001R001A002", "S001C001P001R001A003", "S001C001P001R001A004",
@@ -307,6 +326,9 @@ def test_pyskl_records_equal_source(raw, built):
     want = common.scale_keypoints(kp, (54, 96), (32, 57))
     np.testing.assert_allclose(rec["keypoints"], want, rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(rec["scores"], a["keypoint_score"][:keep], rtol=1e-6)
+    # The frames: the NTU sample's video at short side 32.
+    video = raw["ntu"][name]["video"]
+    assert_frames_are(rec["frames"], resized(video, (32, 57)), range(len(video)), 6.0)
   assert len(test["S001C002P003R002A023"]["keypoints"]) == 2
   bad = skipped(built["pyskl"], "train")
   assert "label 77 outside the class list [0, 60)" in bad["S002C003P002R001A055"]
@@ -323,7 +345,7 @@ def test_penn_records_equal_source(raw, built):
     want = np.stack([src["x"], src["y"]], -1) * (src["vis"] > 0)[..., None]
     np.testing.assert_allclose(rec["keypoints"], want[None], rtol=1e-6, atol=1e-4)  # 1 person
     np.testing.assert_array_equal(rec["scores"], src["vis"][None])
-    assert frame_error(rec["frames"], src["video"]) < 3.0
+    assert_frames_are(rec["frames"], src["video"], range(len(src["video"])), 3.0)
   assert rec["label"] == penn.ACTIONS.index("bowl")
   assert "0003.mat: field 'visibility' must be (nframes, 13)" in skipped(built["penn"], "train")["0003"]
 
@@ -336,6 +358,11 @@ def test_finegym_records_equal_source(raw, built):
     for eid, label in src["lists"][split]:
       a, rec = src["anns"][eid], recs[eid]
       assert rec["label"] == label and len(rec["frames"]) == a["total_frames"]
+      # The element's own window of the event video (30 fps; the event starts at 0.1 s).
+      vid, start, end = src["windows"][eid]
+      video = src["videos"][vid]
+      window = [i for i in range(len(video)) if start <= i / 30 < end]
+      assert_frames_are(rec["frames"], video, window, 5.0)
       # The gymnast: of the annotation's two persons, the one with the larger total score.
       np.testing.assert_allclose(rec["keypoints"], a["keypoint"][:1], rtol=1e-5, atol=1e-3)
   classes = records.read_classes(built["finegym"])

@@ -271,3 +271,28 @@ def test_top5_and_mean_class_accuracy_with_more_than_five_classes():
   # recall: class 0 1/2, class 4 0/1, class 5 0/1, class 6 1/1 -> mean over present classes
   assert m["mean_class_accuracy"] == pytest.approx((0.5 + 0 + 0 + 1) / 4)
   np.testing.assert_array_equal(m["confusion_matrix"][0], [1, 0, 0, 0, 0, 0, 1])
+
+
+LEARN_SPLITS = {"train": (240, 2, 21), "val": (96, 1, 22)}
+
+
+@pytest.mark.slow
+@pytest.mark.heavy
+def test_training_learns_through_the_real_trainer_and_pipeline(tmp_path):
+  """The tiny model, trained by ``trainer.train`` on embedded records read by the real input
+  pipeline, must learn: on 96 held-out clips of 12 classes (chance 0.083) its top-1 must reach
+  0.15, and its loss must fall from ln 12 = 2.48 to below 2.1. Measured (seeds 0, 1, 2; 300
+  steps): top-1 0.344 / 0.250 / 0.219, last logged loss 1.72 / 1.63 / 1.76. A step that applies
+  no update, flips the update's sign or has a zero learning rate stays at chance and ln 12."""
+  data = str(tmp_path / "data")
+  embedded.build(data, sizes=LEARN_SPLITS, num_frames=8, size=32, verbose=False)
+  config = tiny_config(data)
+  config.batch_size, config.total_steps, config.warmup_steps = 16, 300, 10
+  config.learning_rate, config.model.drop_path = 3e-3, 0.0
+  config.log_every, config.eval_every, config.checkpoint_every = 50, 300, 300
+  out, _ = run(config, str(tmp_path / "work"))
+  losses = [l for _, l in out["losses"]]
+  assert losses[0] > 2.2  # the first 50 steps start near ln 12 (zero-initialised head)
+  assert losses[-1] < 2.1, losses
+  assert out["eval"]["num_examples"] == 96
+  assert out["eval"]["top1"] >= 0.15, out["eval"]["top1"]
