@@ -1,5 +1,7 @@
 """The benchmark script runs and reports every implementation (no timing assertions)."""
+import json
 import os
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -7,6 +9,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import benchmark  # noqa: E402
 import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_sampler_benchmark_reports_all_implementations(monkeypatch):
@@ -131,3 +135,27 @@ def test_joint_layouts_are_the_same_function(stride):
   assert [r["form"] for r in rows] == ["grouped", "masked"]
   for r in rows:
     assert r["max_rel_diff_vs_grouped"] < 1e-5 and r["ms"] > 0 and r["xla_ops"] > 0
+
+
+def test_model_stats_command_reports_the_config_model(tmp_path):
+  """``launch/model_stats.py`` (README): the tiny config's parameter count, as the initialised
+  tree has it, forward FLOPs and the step's peak memory with and without remat."""
+  import jax
+  import numpy as np
+  from configs.common import clip_shapes, load
+  from deform3d.models import build_model
+  out = tmp_path / "stats.json"
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "model_stats.py"),
+                         "--configs", "embedded:variant=tiny", "--designs", "paper", "--batch",
+                         "2", "--out", str(out)], capture_output=True, text=True, timeout=600,
+                        cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  (row,) = json.loads(out.read_text())["rows"]
+  config = load("embedded:variant=tiny")
+  shapes = clip_shapes(config)
+  params = jax.eval_shape(build_model(config.model).init, jax.random.key(0),
+                          np.zeros((1,) + shapes["frames"], np.float32),
+                          np.zeros((1,) + shapes["keypoints"], np.float32))["params"]
+  assert row["params"] == sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+  assert row["gflops_per_clip"] > 0 and row["peak_mib"] > 0 and row["peak_mib_remat"] > 0
+  assert f"| embedded:variant=tiny | paper | float32 | {row['params']:,} |" in proc.stdout

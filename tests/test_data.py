@@ -353,3 +353,59 @@ def test_to_uint8_inverts_the_frame_normalization(rng):
   assert back.dtype == np.uint8
   extreme = input_pipeline.to_uint8(np.array([[-10.0, 0.0, 10.0]]))
   np.testing.assert_array_equal(extreme, [[0, 116, 255]])
+
+
+def _ids_in_shards(data_dir, split):
+  """Every record id of the split, read from the shards with TensorFlow alone."""
+  spec = {"id": tf.io.FixedLenFeature([], tf.string)}
+  files = sorted(f for f in os.listdir(data_dir) if f.startswith(split + "-"))
+  return [tf.io.parse_single_example(r, spec)["id"].numpy()
+          for f in files for r in tf.data.TFRecordDataset(os.path.join(data_dir, f))]
+
+
+@pytest.mark.parametrize("processes", [2, 3])  # 4 shards: by file (2), by record (3)
+def test_process_sharding_covers_every_record_once(tmp_path, rng, processes):
+  """Evaluation and one training epoch: the processes' records are disjoint and together every
+  record of the split, as read from the shards directly (not by the pipeline)."""
+  d = str(tmp_path)
+  records.write_split(d, "train", (static_sample(rng, i % 3, n_frames=2, size=16, sid=f"r{i}")
+                                   for i in range(22)), num_shards=4, num_classes=3,
+                      num_joints=J)
+  every = _ids_in_shards(d, "train")
+  assert sorted(every) == sorted(f"r{i}".encode() for i in range(22))
+  kw = dict(num_frames=2, image_size=16, num_joints=J, batch_size=1, process_count=processes)
+  evaluated, trained = [], []
+  for p in range(processes):
+    ds = input_pipeline.make_dataset(d, "train", train=False, process_index=p, **kw)
+    evaluated.append([b["id"][0] for b in input_pipeline.iterate(ds)])
+    n = len(evaluated[-1])  # one epoch of this process's training stream
+    ds = input_pipeline.make_dataset(d, "train", train=True, process_index=p, **kw)
+    trained.append([b["id"][0] for b in input_pipeline.iterate(ds.take(n))])
+  for parts in (evaluated, trained):
+    flat = [i for part in parts for i in part]
+    assert len(flat) == len(set(flat)) == 22  # disjoint
+    assert sorted(flat) == sorted(every)      # complete
+    assert min(len(p) for p in parts) >= 22 // processes - 3
+
+
+def test_embedded_ensure_builds_once_and_rebuilds_a_new_version(tmp_path, monkeypatch):
+  """``embedded.ensure`` (what launch/train.py calls): builds into a missing directory, leaves a
+  built one alone, rebuilds one that holds another version."""
+  built = []
+
+  def fake_build(out_dir, *a, **kw):  # the real build (35 s) is what the tests above read
+    built.append(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "VERSION"), "w") as fh:
+      fh.write(embedded.DATASET_VERSION + "\n")
+
+  monkeypatch.setattr(embedded, "build", fake_build)
+  d = str(tmp_path / "embedded")
+  embedded.ensure(d)
+  assert built == [d]
+  embedded.ensure(d)
+  assert built == [d]  # already there
+  with open(os.path.join(d, "VERSION"), "w") as fh:
+    fh.write("1.2.0\n")
+  embedded.ensure(d)
+  assert built == [d, d]  # another version: rebuilt

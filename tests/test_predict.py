@@ -190,3 +190,35 @@ def test_extract_poses_refuses_a_clip_without_a_person(tmp_path):
   junk.write_bytes(b"\x00" * 1000)
   proc = run([poses_python(), "launch/extract_poses.py", "--video", str(junk), "--out", out])
   assert proc.returncode != 0 and "junk.avi" in proc.stderr
+
+
+def test_pose_files_of_another_image_size_and_ntu_skeletons_land_on_the_video(tmp_path):
+  """A pose file's pixels are of its own image size: a pyskl annotation made on a 960x540 copy
+  and an NTU ``.skeleton`` (Kinect colour pixels, 1920x1080) both come out in the video's pixels
+  (centres stay centres: ``x' = (x + 0.5) * W / w - 0.5``), here for a 96x54 video."""
+  from tests.raw_fixtures import write_skeleton
+  rng = np.random.default_rng(0)
+  video_hw, frames = (54, 96), 6
+  xy = rng.uniform(0, 500, (1, frames, 17, 2)).astype(np.float32)
+  ann = {"frame_dir": "clip", "label": -1, "img_shape": (540, 960), "total_frames": frames,
+         "keypoint": xy, "keypoint_score": np.ones(xy.shape[:3], np.float32)}
+  path = tmp_path / "half.pkl"
+  with open(path, "wb") as fh:
+    pickle.dump({"split": {"predict": ["clip"]}, "annotations": [ann]}, fh)
+  kp, _ = user_clip.read_poses(str(path), 17, 1, frames, video_hw)
+  want = np.stack([(xy[..., 0] + 0.5) * 96 / 960 - 0.5, (xy[..., 1] + 0.5) * 54 / 540 - 0.5], -1)
+  np.testing.assert_allclose(kp, want, rtol=1e-6, atol=1e-4)
+  # NTU .skeleton: one body, every joint tracked; 25 Kinect joints.
+  color = np.round(rng.uniform(0, 1900, (frames, 25, 2)), 4)
+  color[..., 1] *= 1000 / 1900
+  skel = str(tmp_path / "S001C001P001R001A001.skeleton")
+  write_skeleton(skel, [(1, color, rng.normal(0, 1, (frames, 25, 3)),
+                         np.full((frames, 25), 2))], frames, [set(range(frames))])
+  kp, sc = user_clip.read_poses(skel, 25, 2, frames, video_hw)
+  assert kp.shape == (1, frames, 25, 2) and np.all(sc > 0)
+  want = np.stack([(color[..., 0] + 0.5) * 96 / 1920 - 0.5,
+                   (color[..., 1] + 0.5) * 54 / 1080 - 0.5], -1)
+  np.testing.assert_allclose(kp[0], want, rtol=1e-6, atol=1e-3)
+  with pytest.raises(user_clip.InputError, match=r"S001C001P001R001A001.skeleton: an NTU "
+                                                 r"\.skeleton has 25 Kinect joints"):
+    user_clip.read_poses(skel, 17, 2, frames, video_hw)

@@ -296,3 +296,72 @@ def test_training_learns_through_the_real_trainer_and_pipeline(tmp_path):
   assert losses[-1] < 2.1, losses
   assert out["eval"]["num_examples"] == 96
   assert out["eval"]["top1"] >= 0.15, out["eval"]["top1"]
+
+
+def test_training_code_never_imports_tensorflow():
+  """The model, ops, training, explanation code and the configs load without TensorFlow: every
+  ``deform3d`` module imported in a fresh process leaves ``tensorflow`` out of ``sys.modules``."""
+  code = ("import importlib, pkgutil, sys, deform3d\n"
+          "names = [m.name for m in pkgutil.walk_packages(deform3d.__path__, 'deform3d.')]\n"
+          "for n in names: importlib.import_module(n)\n"
+          "import configs.embedded, configs.ntu, configs.finegym, configs.pennaction\n"
+          "print(len(names), sorted({m.split('.')[0] for m in sys.modules} & "
+          "{'tensorflow', 'tensorflow_datasets', 'data_pipelines'}))\n")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=300, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  count, loaded = proc.stdout.strip().splitlines()[-1].split(" ", 1)
+  assert int(count) >= 20  # the walk found the package's modules
+  assert loaded == "[]", loaded
+
+
+def _tb_scalars(logdir):
+  """``{tag: [(step, value)]}`` of the event files in ``logdir`` (TFRecord files of ``Event``
+  protos, read with TensorFlow and tensorboardX's proto, not with the writer under test)."""
+  import tensorflow as tf
+  from tensorboardX.proto.event_pb2 import Event
+  out = {}
+  for name in sorted(os.listdir(logdir)):
+    for raw in tf.data.TFRecordDataset(os.path.join(logdir, name)).as_numpy_iterator():
+      event = Event.FromString(raw)
+      for v in event.summary.value:
+        out.setdefault(v.tag, []).append((event.step, v.simple_value))
+  return out
+
+
+@pytest.mark.heavy
+def test_train_command_writes_eval_test_and_tensorboard_and_eval_command_agrees(data_dir,
+                                                                                tmp_path):
+  """README's commands on the tiny config: ``launch/train.py`` ends with the test split's
+  ``eval_test/metrics.json`` and ``confusion.png`` and writes TensorBoard scalars to
+  ``WORKDIR/tb``; ``launch/eval.py`` on the same checkpoint and split writes the same metrics."""
+  work = str(tmp_path / "w")
+  common = ["--config", os.path.join(ROOT, "configs", "embedded.py") + ":variant=tiny",
+            f"--config.dataset.data_dir={data_dir}"]
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "train.py"), *common,
+                         "--workdir", work, "--config.tensorboard=true"],
+                        capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(os.path.join(work, "eval_test", "metrics.json")) as fh:
+    at_end = json.load(fh)
+  assert at_end["num_examples"] == 20 and np.sum(at_end["confusion_matrix"]) == 20
+  with open(os.path.join(work, "eval_test", "confusion.png"), "rb") as fh:
+    assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert f"test: top1 {at_end['top1']:.4f}" in proc.stdout
+  scalars = _tb_scalars(os.path.join(work, "tb"))
+  assert [s for s, _ in scalars["train/loss"]] == list(range(2, 13, 2))
+  logged = [float(l.split("| loss ")[1].split(" ")[0]) for l in proc.stdout.splitlines()
+            if l.startswith("step ")]
+  np.testing.assert_allclose([v for _, v in scalars["train/loss"]], logged, atol=1e-4)
+  assert [s for s, _ in scalars["eval/top1"]] == [12]
+  # launch/eval.py: the latest checkpoint (step 12) on the test split gives the same numbers.
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "eval.py"), *common,
+                         "--workdir", work, "--split", "test", "--out", str(tmp_path / "ev")],
+                        capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "step 12 test:" in proc.stdout
+  with open(tmp_path / "ev" / "metrics.json") as fh:
+    again = json.load(fh)
+  for k in ("top1", "top5", "mean_class_accuracy", "num_examples"):
+    assert again[k] == pytest.approx(at_end[k], abs=1e-6), k
+  assert again["confusion_matrix"] == at_end["confusion_matrix"]
