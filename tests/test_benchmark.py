@@ -126,17 +126,6 @@ def test_profile_suite_attributes_the_step_to_modules(tmp_path):
     benchmark.profile_suite("huge", "float32")
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_joint_layouts_are_the_same_function(stride):
-  """launch/joint_layouts.py: the masked per-frame form equals the model's grouped form
-  (values and gradients), and both are timed."""
-  import joint_layouts
-  rows = joint_layouts.compare(batch=3, frames=2, stride=stride, repeats=1, log=lambda s: None)
-  assert [r["form"] for r in rows] == ["grouped", "masked"]
-  for r in rows:
-    assert r["max_rel_diff_vs_grouped"] < 1e-5 and r["ms"] > 0 and r["xla_ops"] > 0
-
-
 def test_model_stats_command_reports_the_config_model(tmp_path):
   """``launch/model_stats.py`` (README): the tiny config's parameter count, as the initialised
   tree has it, forward FLOPs and the step's peak memory with and without remat."""
