@@ -26,7 +26,8 @@ def pytest_configure(config):
   a cache between runs."""
   global _CACHE_OWNER
   config.addinivalue_line("markers", "heavy: a long test, scheduled first")
-  config.addinivalue_line("markers", "slow: left out of the quick tier (pytest -m 'not slow')")
+  config.addinivalue_line("markers", "slow: left out of the quick tier (pytest -m 'not slow'); "
+                          "every heavy test is also slow")
   if "JAX_COMPILATION_CACHE_DIR" not in os.environ and "PYTEST_XDIST_WORKER" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="deform3d-jax-cache-")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
@@ -37,6 +38,9 @@ def pytest_collection_modifyitems(config, items):
   """Tests marked ``heavy`` (a minute or more on the 2-core CI machine) run first, so that
   ``-n 2`` does not end with one worker alone on a long test."""
   items.sort(key=lambda item: item.get_closest_marker("heavy") is None)  # stable
+  for item in items:
+    if item.get_closest_marker("heavy") is not None:
+      item.add_marker(pytest.mark.slow)
 
 
 def pytest_unconfigure(config):

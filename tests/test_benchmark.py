@@ -22,6 +22,7 @@ def test_sampler_benchmark_reports_all_implementations(monkeypatch):
     assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["compile_s"] >= 0
 
 
+@pytest.mark.slow
 def test_model_benchmark_reports_jax_and_the_torch_reference():
   tiny = [s for s in benchmark.MODEL_SIZES if s[0] == "tiny"]  # configs/embedded.py:variant=tiny
   rows = benchmark.bench_model(repeats=1, sizes=tiny, dtypes=("float32",), jax_plain=True,
@@ -40,6 +41,7 @@ def test_model_benchmark_reports_jax_and_the_torch_reference():
   assert "xla_ops" not in rows[3]
 
 
+@pytest.mark.slow
 def test_paper_suite_writes_its_json(tmp_path):
   """``--suite paper`` on CPU (the small local config instead of the paper's): each row runs in
   its own process and lands in the JSON with its timings, memory and FLOPs; the machine's
@@ -101,6 +103,7 @@ def test_profile_module_key_reads_flax_paths_and_the_pass():
   assert step_profile.module_key("jit(loss_fn)/reduce_sum") == ("other", "(model inputs and loss)")
 
 
+@pytest.mark.slow
 def test_profile_suite_attributes_the_step_to_modules(tmp_path):
   """``--suite profile`` on the tiny config: executed ops are found in the trace and joined with
   the HLO's module paths, forward and backward; the per-module and per-category times add up
@@ -126,6 +129,7 @@ def test_profile_suite_attributes_the_step_to_modules(tmp_path):
     benchmark.profile_suite("huge", "float32")
 
 
+@pytest.mark.slow
 def test_model_stats_command_reports_the_config_model(tmp_path):
   """``launch/model_stats.py`` (README): the tiny config's parameter count, as the initialised
   tree has it, forward FLOPs and the step's peak memory with and without remat."""

@@ -275,6 +275,7 @@ def built(raw, tmp_path_factory):
   }
 
 
+@pytest.mark.slow
 def test_ntu_kinect_records_equal_source(raw, built):
   train, test = read_records(built["ntu60"], "train"), read_records(built["ntu60"], "test")
   assert sorted(train) == ["S001C001P001R001A010", "S002C003P002R001A055"]
@@ -305,6 +306,7 @@ def test_ntu_kinect_records_equal_source(raw, built):
   assert len([l for l in labels if l]) == 60
 
 
+@pytest.mark.slow
 def test_ntu120_xset_split(raw, built):
   train, test = read_records(built["ntu120"], "train"), read_records(built["ntu120"], "test")
   assert sorted(train) == ["S002C003P002R001A055", "S018C001P045R001A094"]
@@ -313,6 +315,7 @@ def test_ntu120_xset_split(raw, built):
   assert test["S019C002P046R001A120"]["label"] == 119
 
 
+@pytest.mark.slow
 def test_pyskl_records_equal_source(raw, built):
   train = read_records(built["pyskl"], "train")
   test = read_records(built["pyskl"], "test")
@@ -337,6 +340,7 @@ def test_pyskl_records_equal_source(raw, built):
       bad["S001C001P001R001A005"]
 
 
+@pytest.mark.slow
 def test_penn_records_equal_source(raw, built):
   train, test = read_records(built["penn"], "train"), read_records(built["penn"], "test")
   assert sorted(train) == ["0001"] and sorted(test) == ["0002"]
@@ -350,6 +354,7 @@ def test_penn_records_equal_source(raw, built):
   assert "0003.mat: field 'visibility' must be (nframes, 13)" in skipped(built["penn"], "train")["0003"]
 
 
+@pytest.mark.slow
 def test_finegym_records_equal_source(raw, built):
   src = raw["finegym"]
   for split in ("train", "test"):
@@ -369,6 +374,7 @@ def test_finegym_records_equal_source(raw, built):
   assert len(classes) == 99 and classes[7] == "(VT) element number 7"
 
 
+@pytest.mark.slow
 def test_beam_multi_worker_build_equals_single_worker(raw, tmp_path):
   one = build("ntu_rgbd/ntu60_xsub", str(raw["root"] / "ntu"), str(tmp_path / "w1"),
               workers=1, short_side=24)[0]

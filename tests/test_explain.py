@@ -45,6 +45,7 @@ def test_token_frames_follow_the_temporal_merges():
   assert explain.token_frames(model) == [2, 4, 4]
 
 
+@pytest.mark.slow
 def test_importance_numbers_are_distributions_over_the_clip(rng):
   model, logits, maps, _, _ = tiny_maps(rng)
   for index in range(2):
@@ -102,10 +103,10 @@ def test_pngs_are_written(rng, tmp_path):
 
 
 @pytest.mark.heavy
-def test_explain_command_on_a_trained_model_finds_the_waving_forearm(tmp_path):
-  """Trains the embedded config briefly (150 steps), then ``launch/explain.py``: in the wave
-  clips the cross token's first-block attention on the waving forearm (right elbow and wrist)
-  exceeds its uniform share, and by more than in the clips of the other classes."""
+def test_explain_command_on_a_briefly_trained_model(tmp_path):
+  """Trains the embedded config briefly (150 steps), then ``launch/explain.py``: the PNGs and
+  JSON of 2 clips per class, and the faithfulness report, in which first-block attention agrees
+  with the ground truth's moving joints better than chance (hit rate and AUC; margins below)."""
   pytest.importorskip("tensorflow")
   from configs.embedded import get_config
   from data_pipelines import embedded, loaders
@@ -140,18 +141,19 @@ def test_explain_command_on_a_trained_model_finds_the_waving_forearm(tmp_path):
     for suffix in ("_skeleton.png", "_heatmap.png", "_points.png"):
       assert c + suffix in files
 
-  forearm = [embedded.COCO17.index("right_elbow"), embedded.COCO17.index("right_wrist")]
-  wave, other = [], []
+  labels = []
   for c in clips:
     e = json.load(open(os.path.join(out, c + ".json")))
     assert e["blocks"] == [0]
-    share = np.asarray(e["joint_share"])[forearm].sum()
-    uniform = np.asarray(e["joint_uniform_share"])[forearm].sum()
-    (wave if e["label_name"].startswith("wave") else other).append(share / uniform)
-  assert len(wave) == 4 and len(other) == 20
-  # Measured at 150 steps: wave clips 1.10 to 1.68 (mean 1.39), other classes mean 0.95.
-  assert np.mean(wave) > 1.0, wave        # more than its share
-  assert np.mean(wave) > np.mean(other) + 0.1, (wave, other)
+    share, uniform = np.asarray(e["joint_share"]), np.asarray(e["joint_uniform_share"])
+    assert share.shape == uniform.shape == (2 * 17,)  # two persons' joints
+    assert abs(share.sum() - 1) < 1e-4 and abs(uniform.sum() - 1) < 1e-4
+    labels.append(e["label_name"])
+  assert sorted(set(labels)) == sorted(embedded.CLASSES) and len(labels) == 24
+  # Not asserted: that the wave clips put more than their share on the waving forearm. At 150
+  # steps (validation top-1 0.1-0.3) the ratio share / uniform share of the right elbow and
+  # wrist, wave clips vs the others, was 1.13 vs 0.97, 1.30 vs 1.04 and 0.80 vs 0.76 for seeds
+  # 0, 1, 2 (2026-11-30): seed 2 puts the wave clips below their share.
 
   # Faithfulness against the ground truth the build wrote (the moving joints of every clip).
   out = str(tmp_path / "faithfulness")
@@ -166,13 +168,16 @@ def test_explain_command_on_a_trained_model_finds_the_waving_forearm(tmp_path):
   att = report["methods"]["attention"]
   # Measured at 150 steps: see FAITH_MARGIN.
   assert att["hit_rate"] > att["chance"] + FAITH_MARGIN, att
-  assert att["auc"] > 0.5 + FAITH_MARGIN, att
+  assert att["auc"] > 0.5 + AUC_MARGIN, att
 
 
 STEPS = 150
-# Measured on that run (60 test clips, accuracy 0.13): first-block attention hit rate 0.44
-# (chance 0.28), AUC 0.65; rollout 0.43, AUC 0.71. Half the measured gap is asserted.
-FAITH_MARGIN = 0.08
+# Measured (60 test clips, chance hit rate 0.280) for seeds 0, 1, 2 on 2026-11-30: first-block
+# attention hit rate 0.442 / 0.465 / 0.366, AUC 0.653 / 0.661 / 0.540 (rollout AUC 0.707 /
+# 0.659 / 0.492, so rollout is not asserted); an earlier machine's seed 0: 0.44 / 0.65. Half the
+# smallest measured gap is asserted: hit rate 0.086 -> 0.04, AUC 0.040 -> 0.02.
+FAITH_MARGIN = 0.04
+AUC_MARGIN = 0.02
 
 
 # --- Methods beside raw attention (deform3d/explain/methods.py) and their faithfulness scores ---
@@ -266,6 +271,7 @@ def loop_propagate(model, maps, kp, grads=None):
   return sum(c for row in cross for c in row) / (t * k)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("weighted", [False, True])
 def test_rollout_matches_a_loop_by_loop_reference_and_conserves_relevance(rng, weighted):
   from deform3d.explain import methods
@@ -285,6 +291,7 @@ def test_rollout_matches_a_loop_by_loop_reference_and_conserves_relevance(rng, w
   assert np.all(out["joints"][1, :, 7:] == 0)  # clip 1's absent second person
 
 
+@pytest.mark.slow
 def test_attention_gradients_match_finite_differences(rng):
   """The gradient with respect to a sown attention map (a perturbation added after its softmax)
   against central differences of the target logit along a random direction, for every map."""
@@ -315,6 +322,7 @@ def test_attention_gradients_match_finite_differences(rng):
     assert abs(fd - ad) <= 2e-2 * max(abs(ad), 1e-3), (key, fd, ad)
 
 
+@pytest.mark.slow
 def test_integrated_gradients_are_complete(rng):
   """Attributions of frames and keypoints sum to logit(clip) - logit(motionless baseline), up to
   the path integral's discretization, which shrinks with the steps (the trilinear sampler's

@@ -250,6 +250,7 @@ def test_joint_group_layout_equals_gathering_by_index(rng, num_joints, window, s
   assert np.all(merged[0, :, 0] == 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("context,pool", [(True, 1), (False, 6)])
 def test_fast_deformable_attention_equals_plain(rng, context, pool):
   """Folded offset projection, unrolled relative-position MLP, pooled queries: the same function
@@ -270,6 +271,7 @@ def test_fast_deformable_attention_equals_plain(rng, context, pool):
   assert_same_function(plain, fast, variables, args, dict(pool_queries=pool))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_joints,window,stride,persons", [(17, 4, 2, 1), (5, 3, 1, 1),
                                                               (5, 3, 2, 3)])
 def test_fast_joint_attention_equals_plain(rng, num_joints, window, stride, persons):
@@ -293,6 +295,7 @@ def test_fast_joint_attention_equals_plain(rng, num_joints, window, stride, pers
   assert rel_err(b.transpose(2, 4, 0, 1, 3, 5)[rows], a.transpose(2, 4, 0, 1, 3, 5)[rows]) < 1e-5
 
 
+@pytest.mark.slow
 def test_fast_model_equals_plain_model_with_persons(rng):
   """Three persons (the second absent in clip 1, all absent in clip 2): logits and gradients."""
   config = dict(variant="tiny", num_classes=3, joint_window=3, joint_strides=(2, 1),
@@ -361,6 +364,7 @@ def check_config_model(model_config, shapes, full_size=False, batch=2):
                        (frames, jnp.asarray(keypoints)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=[pytest.mark.heavy] if CONFIG_MODELS[n][1]["frames"][1] > 64 else [])
     for n in sorted(CONFIG_MODELS)])  # the paper-scale models are the heavy ones

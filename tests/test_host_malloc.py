@@ -99,6 +99,7 @@ print(json.dumps([float(np.median(faults)), hashlib.sha256(y.tobytes()).hexdiges
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not host_malloc.wanted(environ=ON), reason="needs Linux with glibc >= 2.26")
 def test_tunables_remove_the_page_faults_and_change_no_result():
   faults_default, digest_default = _run(FAULTS, {})

@@ -48,6 +48,7 @@ def map_shapes(model, frames, keypoints):
     ({"rgb_query_pos": "frame"}, 4, 32, 4),
     ({"remat": True}, 4, 32, 4),
 ])
+@pytest.mark.slow
 def test_output_shapes(rng, overrides, t, hw, expect_t):
   model = build_model({**TINY, **overrides})
   frames, keypoints = make_inputs(rng, t=t, hw=hw)
@@ -89,6 +90,7 @@ def test_temporal_stride_shrinks_tokens(rng):
   assert maps["block1/cross_attn/attn/attention"] == (2, 2, 4 * 6, 4 * 4)
 
 
+@pytest.mark.slow
 def test_paper_block_updates_rgb_and_cross_tokens_from_sampled_and_cross_keys(rng):
   """The paper's 3D deformable attention: RGB tokens and cross-modal tokens are its queries and
   both streams change; the cross-modal tokens are keys beside the sampled tokens."""
@@ -123,6 +125,7 @@ def test_paper_block_updates_rgb_and_cross_tokens_from_sampled_and_cross_keys(rn
   assert out[0] is None and out[1].shape == cross.shape
 
 
+@pytest.mark.slow
 def test_remat_gives_the_same_gradients(rng):
   frames, keypoints = make_inputs(rng)
   grads = []
@@ -139,6 +142,7 @@ def test_remat_gives_the_same_gradients(rng):
   assert any(float(jnp.abs(a).max()) > 0 for a in jax.tree.leaves(grads[0]))
 
 
+@pytest.mark.slow
 def test_attention_maps_are_distributions(rng):
   model = build_model(TINY)
   frames, keypoints = make_inputs(rng)
@@ -162,6 +166,7 @@ def test_attention_maps_are_distributions(rng):
   assert np.all(imp.sum(-1) <= 1.0 + 1e-5) and np.all(imp > 0)
 
 
+@pytest.mark.slow
 def test_persons_absent_ones_are_never_attended_to(rng):
   """Keypoints (B, P, T, J, 3): an absent person (all scores 0) changes nothing, whatever its
   coordinates; a present second person does; one person in the 5-D form is the 4-D model."""
@@ -212,6 +217,7 @@ def test_joint_groups_cover_each_joint_once():
     joint_groups(8, 0, 1)
 
 
+@pytest.mark.slow
 def test_jit_matches_eager_and_is_deterministic(rng):
   model = build_model(TINY)
   frames, keypoints = make_inputs(rng)
@@ -233,6 +239,7 @@ def test_jit_matches_eager_and_is_deterministic(rng):
   assert not np.array_equal(leaves(variables), leaves(other))
 
 
+@pytest.mark.slow
 def test_train_mode_uses_dropout_rng(rng):
   model = build_model({**TINY, "dropout": 0.3, "drop_path": 0.3})
   frames, keypoints = make_inputs(rng)
@@ -247,6 +254,7 @@ def test_train_mode_uses_dropout_rng(rng):
   assert not np.allclose(a, b)
 
 
+@pytest.mark.slow
 def test_gradients_are_finite_and_nonzero(rng):
   model = build_model({**TINY, "drop_path": 0.2, "dropout": 0.1})
   frames, keypoints = make_inputs(rng)
@@ -272,6 +280,7 @@ def test_gradients_are_finite_and_nonzero(rng):
     assert total > 0, part
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params(rng):
   frames, keypoints = make_inputs(rng)
   f32 = build_model(TINY)
@@ -290,6 +299,7 @@ def test_bfloat16_compute_keeps_float32_params(rng):
   assert 1e-3 < rel < 0.1, rel
 
 
+@pytest.mark.slow
 def test_deformable_points_start_on_grid_and_stay_in_range(rng):
   module = DeformableAttention3D(num_heads=2, num_groups=2, offset_strides=(2, 2, 2),
                                  offset_range_factor=1.5)
@@ -324,6 +334,7 @@ def test_drop_path_drops_whole_examples():
   np.testing.assert_array_equal(DropPath(0.5).apply({}, x, deterministic=True), x)
 
 
+@pytest.mark.slow
 def test_bad_config_and_inputs_raise(rng):
   with pytest.raises(TypeError, match="unknown model config keys"):
     build_model({**TINY, "embed_dims": 3})
@@ -364,6 +375,7 @@ def test_bad_config_and_inputs_raise(rng):
                                                               keypoints)
 
 
+@pytest.mark.slow
 def test_sampler_backward_reaches_the_sampler(rng, monkeypatch):
   """``sampler_backward`` selects grid_sample_3d's gradient (the variants are checked equal in
   tests/test_sampling.py): tracing the model's gradient calls the sampler's volume-gradient
@@ -396,6 +408,7 @@ def test_sampler_backward_reaches_the_sampler(rng, monkeypatch):
   assert traced("auto") == (set() if auto == "autodiff" else {auto})
 
 
+@pytest.mark.slow
 def test_learns_a_tiny_cross_modal_problem():
   """4 classes = (colour of the frames) x (body above/below centre): needs both modalities."""
   data_rng = np.random.default_rng(0)

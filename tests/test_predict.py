@@ -150,6 +150,7 @@ def test_bad_pose_files_name_the_file_and_what_is_wrong(tmp_path):
     read(CLIP)
 
 
+@pytest.mark.slow
 def test_bad_videos_name_the_file(tmp_path):
   junk = tmp_path / "junk.mp4"
   junk.write_bytes(b"this is not a video" * 100)

@@ -112,6 +112,7 @@ def test_training_stream_resumes_exactly_from_a_step(data_dir):
   assert len(set(ids)) == len(ids)  # batches differ (not one batch repeated)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
   config = tiny_config(data_dir)
   config.checkpoint_every = 2
@@ -130,6 +131,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
   assert sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit()) == [2, 4]
 
 
+@pytest.mark.slow
 def test_full_disk_on_save_names_step_and_keeps_earlier_checkpoint(data_dir, tmp_path,
                                                                    monkeypatch):
   config = tiny_config(data_dir)  # runs to step 8 (stop_after), checkpoints every 4

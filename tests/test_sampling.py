@@ -167,6 +167,7 @@ def test_bad_arguments_raise(volume_shape, grid_shape, mode, match):
     grid_sample_3d(jnp.zeros(volume_shape), jnp.zeros(grid_shape), padding_mode=mode)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backward", ["onehot", "sorted"])
 @pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-5), (np.float64, 1e-10)])
 def test_custom_vjp_matches_autodiff_and_torch(rng, backward, dtype, tol):

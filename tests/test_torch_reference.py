@@ -46,6 +46,7 @@ def test_joint_groups_are_the_same_table(num_joints, window, stride):
                                 joint_groups(num_joints, window, stride))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides,t,j,persons", CONFIGS)
 def test_same_logits_and_gradients_as_flax(rng, overrides, t, j, persons):
   model = build_model(overrides)

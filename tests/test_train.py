@@ -40,6 +40,7 @@ def run(config, workdir, **kw):
   return out, lines
 
 
+@pytest.mark.slow
 def test_short_training_run_checkpoints_and_evaluates(data_dir, tmp_path):
   config = tiny_config(data_dir)
   out, lines = run(config, str(tmp_path))
@@ -74,6 +75,7 @@ def test_short_training_run_checkpoints_and_evaluates(data_dir, tmp_path):
   assert top1 == [(12, pytest.approx(ev["top1"], abs=1e-4))]
 
 
+@pytest.mark.slow
 def test_stopped_run_resumes_from_last_checkpoint(data_dir, tmp_path):
   config = tiny_config(data_dir)
   first, _ = run(config, str(tmp_path), stop_after=6)  # "preempted" after step 6
@@ -97,6 +99,7 @@ def test_stopped_run_resumes_from_last_checkpoint(data_dir, tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_workdir_of_another_config_is_refused(data_dir, tmp_path):
   config = tiny_config(data_dir)
   run(config, str(tmp_path), stop_after=4)
@@ -195,6 +198,7 @@ def test_input_shapes_agree_from_config_element_spec_and_batch(data_dir):
     assert trainer.input_shapes(next(loaders.eval_iter(config))) == want  # (B, K, ...) batches
 
 
+@pytest.mark.slow
 def test_restore_checkpoint_for_evaluation_names_missing_steps(data_dir, tmp_path):
   from deform3d.train.sharding import make_mesh
   config = tiny_config(data_dir)  # checkpoints every 4 steps; this run stops after 4
