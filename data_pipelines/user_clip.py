@@ -87,8 +87,8 @@ def _json_poses(path, num_joints, max_persons, num_frames):
     except json.JSONDecodeError as e:
       raise InputError(f"{path}: not valid JSON ({e})") from e
   if isinstance(data, dict) and "keypoint" in data:
-    kp = np.asarray(data["keypoint"], np.float32)
-    sc = np.asarray(data.get("keypoint_score"), np.float32)
+    kp = common.field_array(data, "keypoint", np.float32, path)
+    sc = common.field_array(data, "keypoint_score", np.float32, path)
     if kp.ndim != 4 or kp.shape[2:] != (num_joints, 2) or sc.shape != kp.shape[:3]:
       raise InputError(f"{path}: field 'keypoint' must be (M, frames, {num_joints}, 2) with "
                        f"'keypoint_score' (M, frames, {num_joints}), got {kp.shape} and "
@@ -100,7 +100,8 @@ def _json_poses(path, num_joints, max_persons, num_frames):
                      "keypoint results (a list of {'image_id', 'keypoints', 'score'})")
   per_frame = {}
   for i, d in enumerate(data):
-    k = np.asarray(d.get("keypoints", []), np.float32)
+    k = common.field_array({"keypoints": d.get("keypoints", [])}, "keypoints", np.float32,
+                           f"{path}: entry {i}")
     if k.size != 3 * num_joints:
       raise InputError(f"{path}: entry {i}: field 'keypoints' must hold {num_joints} joints x "
                        f"(x, y, v) = {3 * num_joints} numbers, got {k.size}")

@@ -171,6 +171,33 @@ def test_pyskl_persons_by_score_and_bad_fields(rng):
     pyskl.persons(a, 17)
 
 
+def test_ragged_fields_are_skipped_with_the_file_and_field_named(rng, tmp_path):
+  """Persons with 17 and 18 joints make no single array: every reader's array conversion
+  (``common.field_array``) names the file, sample and field, and a build lists the sample as
+  skipped instead of stopping with nothing written."""
+  a = fx.pyskl_annotation(rng, "clip", 3, 7, (40, 60), num_persons=2)
+  a["keypoint"] = [a["keypoint"][0], np.concatenate([a["keypoint"][1], a["keypoint"][1][:, :1]], 1)]
+  with pytest.raises(RawFormatError, match=r"p\.pkl: clip: field 'keypoint' is not one numeric "
+                                           r"array of a single shape"):
+    pyskl.persons(a, 17, source="p.pkl")
+  del a["keypoint_score"]
+  a["keypoint"] = a["keypoint"][0][None]
+  with pytest.raises(RawFormatError, match=r"p\.pkl: clip: field 'keypoint_score' missing"):
+    pyskl.persons(a, 17, source="p.pkl")
+  status, key, reason = common.convert(
+      {"key": "clip", "ann": dict(a, keypoint=[a["keypoint"][0], a["keypoint"][0][:, :5]])},
+      load=lambda item, options: pyskl.persons(item["ann"], 17, source="p.pkl"),
+      options=common.FrameOptions(None, None), num_classes=60, num_joints=17, jpeg_quality=90)
+  assert (status, key) == ("skipped", "clip") and "field 'keypoint' is not one" in reason
+  # The same for a user's pose JSON (launch/predict.py --poses).
+  from data_pipelines import user_clip
+  path = tmp_path / "poses.json"
+  path.write_text(json.dumps({"keypoint": [[[[0.0, 0.0]] * 17], [[[0.0, 0.0]] * 18]],
+                              "keypoint_score": [[[1.0] * 17]] * 2, "img_shape": [40, 60]}))
+  with pytest.raises(user_clip.InputError, match=r"poses\.json: field 'keypoint' is not one"):
+    user_clip.read_poses(str(path), 17, 2, 1, (40, 60))
+
+
 def test_finegym_windows_and_lists(rng, tmp_path):
   src = fx.finegym_dir(rng, str(tmp_path))
   info = finegym.read_info(str(tmp_path / "finegym_annotation_info_v1.1.json"))

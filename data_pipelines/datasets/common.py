@@ -27,6 +27,22 @@ class RawFormatError(ValueError):
   """A raw file that cannot be read as its format says; the message names the file and field."""
 
 
+def field_array(container, field: str, dtype, where: str) -> np.ndarray:
+  """``container[field]`` as one NumPy array of ``dtype``, for every reader's conversion of a raw
+  field: a missing field, or one that is not a single rectangular numeric array (e.g. persons
+  with 17 and 18 joints), raises ``RawFormatError`` naming ``where`` (the file and sample) and
+  the field, which the builds list as skipped instead of stopping."""
+  try:
+    value = container[field]
+  except (KeyError, IndexError, TypeError):
+    raise RawFormatError(f"{where}: field {field!r} missing") from None
+  try:
+    return np.asarray(value, dtype)
+  except (ValueError, TypeError) as e:
+    raise RawFormatError(f"{where}: field {field!r} is not one numeric array of a single shape "
+                         f"({str(e).splitlines()[0]})") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class FrameOptions:
   """How frames are stored: ``short_side`` pixels (None keeps the source size) and ``fps``

@@ -36,7 +36,8 @@ def read_label(path: str) -> Dict[str, np.ndarray]:
   for field in ("action", "x", "y", "visibility", "train"):
     if field not in m:
       raise RawFormatError(f"{path}: field {field!r} missing")
-  x, y, vis = (np.atleast_2d(np.asarray(m[k], np.float64)) for k in ("x", "y", "visibility"))
+  x, y, vis = (np.atleast_2d(common.field_array(m, k, np.float64, path))
+               for k in ("x", "y", "visibility"))
   n = int(m.get("nframes", x.shape[0]))
   for k, a in (("x", x), ("y", y), ("visibility", vis)):
     if a.shape != (n, NUM_JOINTS):

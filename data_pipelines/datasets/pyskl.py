@@ -41,10 +41,14 @@ def persons(ann: dict, num_joints: int, max_persons: int = 1, source: str = "pys
   the highest total score (``select_persons``), checked against the annotation's
   ``total_frames`` and the expected joint count. An annotation with no person (``M = 0``, as
   pyskl's pose extractor writes when it finds nobody) raises ``RawFormatError``."""
-  fd = ann["frame_dir"]
-  kp = np.asarray(ann["keypoint"], np.float32)
-  sc = np.asarray(ann["keypoint_score"], np.float32)
-  t = int(ann["total_frames"])
+  fd = ann.get("frame_dir", "?")
+  where = f"{source}: {fd}"
+  kp = common.field_array(ann, "keypoint", np.float32, where)
+  sc = common.field_array(ann, "keypoint_score", np.float32, where)
+  total = common.field_array(ann, "total_frames", np.float64, where)
+  if total.shape != () or total != int(total):
+    raise RawFormatError(f"{where}: field 'total_frames' must be one integer, got {total!r}")
+  t = int(total)
   if kp.ndim != 4 or kp.shape[1:] != (t, num_joints, 2):
     raise RawFormatError(f"{source}: {fd}: field 'keypoint' must be (M, total_frames, V, 2) = "
                          f"(M, {t}, {num_joints}, 2), got {kp.shape}")
