@@ -159,7 +159,8 @@ class Trainer:
   # -- loops ------------------------------------------------------------------------------------
   def evaluate(self, params, batches: Iterator[dict]) -> dict:
     """Runs ``eval_step`` over every process's padded, masked batches; returns metrics and the
-    per-example ``logits`` and ``labels`` (process 0's examples first, then process 1's, ...).
+    per-example ``logits`` and ``labels`` (step by step; within a step, process 0's examples
+    first, then process 1's, ...).
 
     Processes may hold different numbers of batches (an uneven split: 9 and 8 videos at a
     per-process batch of 4 are 3 and 2 batches). Every step, one small all-gather tells each
@@ -178,7 +179,8 @@ class Trainer:
         template = {k: np.zeros_like(v) for k, v in batch.items() if v.dtype.kind in "biuf"}
       if multi:
         # [has a batch, local batch size, clips per video] of every process.
-        shape = (batch["label"].shape[0], batch["keypoints"].shape[1]) if batch else (0, 0)
+        shape = ((batch["label"].shape[0], batch["keypoints"].shape[1]) if batch is not None
+                 else (0, 0))
         info = gather(np.array([batch is not None, *shape], np.int32)).reshape(-1, 3)
         if not info[:, 0].any():
           break
