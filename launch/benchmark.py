@@ -36,7 +36,6 @@ import contextlib
 import json
 import os
 import platform
-import re
 import sys
 import time
 
@@ -47,6 +46,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from deform3d.bench.xla import mb as _mb, xla_stats  # noqa: E402
 from deform3d.ops import grid_sample_3d  # noqa: E402
 
 # (name, N, D, H, W, C, points per item): the model's default use (batch 32 x 2 groups, 8x6x6
@@ -198,31 +198,6 @@ def _flops(compiled):
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else None
   return None if not cost or "flops" not in cost else float(cost["flops"])
-
-
-_NOT_KERNELS = ("parameter", "constant", "tuple", "get-tuple-element", "bitcast")
-
-
-def xla_stats(compiled):
-  """What XLA made of a compiled program: its temporary buffer size and its op count, i.e. the
-  instructions of the optimized entry computation that run as kernels (fusions, dots, custom
-  calls, ...; not parameters, constants, tuples or bitcasts). Empty where a backend does not
-  report them."""
-  stats = {}
-  try:
-    stats["xla_temp_mb"] = _mb(compiled.memory_analysis().temp_size_in_bytes)
-  except Exception:  # not every backend reports it
-    pass
-  try:
-    text = compiled.as_text()
-  except Exception:
-    return stats
-  entry = text[text.index("\nENTRY"):] if "\nENTRY" in text else ""
-  entry = entry[:entry.find("\n}") + 1]
-  ops = re.findall(r"^\s*(?:ROOT )?\S+ = [^=]*? ([a-z][\w-]*)\(", entry, re.M)
-  stats["xla_ops"] = sum(op not in _NOT_KERNELS for op in ops)
-  stats["xla_fusions"] = sum(op == "fusion" for op in ops)
-  return stats
 
 
 def paper_row(spec, batch, dtype, backward, fast, repeats):
@@ -602,10 +577,6 @@ def _leaves(tree):
       yield from _leaves(v)
   else:
     yield tree
-
-
-def _mb(n):
-  return None if n is None else n / 2**20
 
 
 def _row_line(r):

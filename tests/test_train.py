@@ -122,6 +122,43 @@ def test_fingerprint_ignores_only_how_the_model_is_computed(data_dir):
   other = {**want, "model": {**want["model"], "embed_dim": 48, "dtype": "bfloat16"}}
   assert trainer.fingerprint_diff(other, want) == ["dtype", "embed_dim"]
   assert trainer.fingerprint_diff({**want, "num_classes": 5}, want) == ["num_classes"]
+  # Written before ``scan`` and ``merge_in_block`` existed: the loop with merges in the blocks,
+  # which a scanned model (merging between blocks) is not.
+  legacy = {**want, "model": {k: v for k, v in want["model"].items()
+                              if k not in ("scan", "merge_in_block")}}
+  assert trainer.fingerprint_diff(legacy, want) == []
+  config.model.scan = True
+  assert trainer.fingerprint_diff(legacy, trainer.fingerprint(config)) == ["merge_in_block"]
+
+
+@pytest.mark.slow
+def test_checkpoint_restores_across_block_layouts(data_dir, tmp_path):
+  """A checkpoint of the loop (``block{i}``, merges between blocks) resumes as stacked stages
+  (``scan=True``) and back: parameters and optimizer moments converted, equal."""
+  from deform3d.models import convert
+  from deform3d.train import sharding as shd
+  loop = tiny_config(data_dir)
+  loop.model.scan, loop.model.merge_in_block = False, False
+  out, _ = run(loop, str(tmp_path), stop_after=2)
+  scanned = tiny_config(data_dir)
+  scanned.model.scan = True
+  shapes = loaders.input_shapes(scanned)
+  tr = trainer.Trainer(scanned, shd.make_mesh(), shapes)
+  state, step = trainer.restore_checkpoint(tr, str(tmp_path), scanned)
+  assert step == 2 and convert.layout(state.params) == "stacked"
+  want = convert.stack_blocks(jax.device_get(out["state"]), tr.model)
+  for a, b in zip(jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(a, b)
+  assert len(jax.tree.leaves(state.opt_state)) == len(jax.tree.leaves(want.opt_state)) > 0
+  # And the other way: the stacked state saved, restored by the loop.
+  mngr = trainer.checkpoint_manager(str(tmp_path / "stacked"), scanned)
+  trainer.save(mngr, state, scanned)
+  mngr.wait_until_finished()
+  tl = trainer.Trainer(loop, shd.make_mesh(), shapes)
+  back, _ = trainer.restore_checkpoint(tl, str(tmp_path / "stacked"), loop)
+  for a, b in zip(jax.tree.leaves(jax.device_get(back)),
+                  jax.tree.leaves(jax.device_get(out["state"]))):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_classification_metrics_by_hand():

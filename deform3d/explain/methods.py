@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deform3d.explain.importance import joint_importance, sampling_points
+from deform3d.models import convert
 from deform3d.models.layers import MultiHeadAttention
 from deform3d.models.stride_attention import person_groups, persons_present
 
@@ -50,8 +51,9 @@ METHODS = ("attention", "rollout", "grad_attention", "integrated_gradients")
 
 
 def plain(model):
-  """The plain form of ``model`` (same parameters and function)."""
-  return model.clone(fast=False, remat=False)
+  """The plain form of ``model`` (same function): plain modules, blocks in a Python loop
+  (``block{i}`` module paths; variables convert with ``convert.for_model``)."""
+  return model.clone(fast=False, remat=False, scan=False, merge_in_block=model.merges_in_block)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -70,6 +72,7 @@ def attention_grads(model, variables, frames, keypoints, target):
   clip) with respect to it (a zero perturbation added after each softmax), and the deformable
   sampling points ``{"block0/cross_attn": (B, G, Ns, 3), ...}``."""
   model = plain(model)
+  variables = convert.for_model(variables, model)
 
   def run(deltas):
     """The model with ``deltas`` (or nothing) added after each softmax: logits and the flat

@@ -10,6 +10,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from deform3d.models import convert
 from deform3d.models.model import VARIANTS, Deform3DTransformer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -66,9 +67,12 @@ def attention_maps(model: Deform3DTransformer, variables, frames, keypoints):
   """Runs the model in eval mode and returns ``(logits, maps)``.
 
   ``maps`` is a flat dict ``{"block0/joint_attn/attn/attention": array, ...}`` of everything the
-  modules sowed: attention weights (rows sum to 1), ``joint_importance`` and
+  modules sowed, per block (a ``scan`` model runs as its loop form here): attention weights (rows sum to 1), ``joint_importance`` and
   ``sampling_points`` of the deformable attention.
   """
+  if model.scan:  # per-block maps come from the loop over the same parameters
+    model = model.clone(scan=False, merge_in_block=model.merges_in_block)
+  variables = convert.for_model(variables, model)
   logits, state = _apply_with_intermediates(model, variables, frames, keypoints)
   flat = flax.traverse_util.flatten_dict(state["intermediates"], sep="/")
   maps = {}

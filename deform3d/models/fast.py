@@ -22,13 +22,14 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from deform3d.models.deformable import DeformableAttention3D, edge_pad
 from deform3d.models.embeddings import patchify
 from deform3d.models.layers import MultiHeadAttention, layer_norm
-from deform3d.models.model import Block, PooledBlock
+from deform3d.models.blocks import Block, PooledBlock
 from deform3d.models.stride_attention import (JointStrideAttention, TemporalStrideAttention,
                                               group_mean, joint_groups)
 from deform3d.ops.batched_matmul import matmul_nn, matmul_nt
@@ -221,12 +222,38 @@ def _pad_axis(x, axis: int, size: int):
   return jnp.pad(x, pads)
 
 
+class PlanGroupLayout:
+  """``JointGroupLayout`` for a group table known only as data (a scanned block's ``plan``,
+  ``(Ng, w)`` with ``-1`` padding): ``split`` and ``merge`` are products with the table's one-hot
+  ``(Ng, w, P * J)`` (exact: each output is one input times 1), so the backward pass is a matmul
+  too, not a scatter."""
+
+  def __init__(self, idx, num_tokens: int, group_weights=None):
+    self.onehot = idx[..., None] == jnp.arange(num_tokens)
+    self.group_weights = group_weights
+
+  def split(self, x):
+    joints = jnp.einsum("btn...,gwn->btgw...", x[:, :, 1:], self.onehot.astype(x.dtype),
+                        precision=jax.lax.Precision.HIGHEST)
+    cross = jnp.broadcast_to(x[:, :, None, :1], joints.shape[:3] + (1,) + joints.shape[4:])
+    return jnp.concatenate([cross, joints], axis=3)
+
+  def merge(self, y):
+    cross = group_mean(y[:, :, :, 0], self.group_weights)
+    joints = jnp.einsum("btgw...,gwn->btn...", y[:, :, :, 1:], self.onehot.astype(y.dtype),
+                        precision=jax.lax.Precision.HIGHEST)
+    return jnp.concatenate([cross, joints], axis=2)
+
+
 class FastJointStrideAttention(JointStrideAttention):
   Attention = FastMultiHeadAttention
 
   def attend(self, z, idx, mask, group_weights, persons, deterministic):
-    layout = JointGroupLayout((z.shape[2] - 1) // persons, idx.shape[1], self.stride, persons,
-                              group_weights)
+    if isinstance(idx, np.ndarray):
+      layout = JointGroupLayout((z.shape[2] - 1) // persons, idx.shape[1], self.stride, persons,
+                                group_weights)
+    else:
+      layout = PlanGroupLayout(idx, z.shape[2] - 1, group_weights)
     return self.Attention(self.num_heads, attn_dropout=self.attn_dropout,
                           proj_dropout=self.proj_dropout, dtype=self.dtype,
                           name="attn")(z, z, mask=mask, layout=layout, deterministic=deterministic)

@@ -84,16 +84,24 @@ class Mlp(nn.Module):
 
 
 class DropPath(nn.Module):
-  """Stochastic depth: drops the whole residual branch per example with probability ``rate``."""
-  rate: float = 0.0
+  """Stochastic depth: drops the whole residual branch per example with probability ``rate``
+  (a number, or a scalar array when blocks are scanned and each has its own rate)."""
+  rate: Any = 0.0
 
   @nn.compact
-  def __call__(self, x, *, deterministic: bool = True):
-    if deterministic or self.rate == 0.0:
+  def __call__(self, x, *, deterministic: bool = True, noise=None):
+    """``noise``: ``(B,)`` uniform draws in ``[0, 1)`` to use instead of drawing here (scanned
+    blocks draw them for the whole stage at once: no random-number program in the loop)."""
+    if deterministic or (isinstance(self.rate, (int, float)) and self.rate == 0.0):
       return x
     keep = 1.0 - self.rate
+    if not isinstance(keep, float):
+      keep = jnp.asarray(keep, x.dtype)  # as a Python float would be promoted
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+    if noise is not None:
+      mask = (noise < keep).reshape(shape)
+    else:
+      mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
     return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from deform3d.models.deformable import DeformableAttention3D, cell_centres, reference_grid
+from deform3d.models import fast
+from deform3d.models.blocks import (RESIDUALS, Block, PooledBlock,  # noqa: F401 (re-export)
+                                    cross_positions)
+from deform3d.models.deformable import cell_centres
 from deform3d.models.embeddings import PoseEmbed, RGBStem, temporal_pool
-from deform3d.models.layers import DropPath, Mlp, layer_norm
-from deform3d.models.stride_attention import (JointStrideAttention, TemporalMerge,
-                                              TemporalStrideAttention, persons_present)
+from deform3d.models.layers import layer_norm
+from deform3d.models.stride_attention import TemporalMerge, joint_plans, persons_present
 
 Dtype = Any
 DESIGNS = ("paper", "pooled")
@@ -45,153 +48,6 @@ VARIANTS = {
 }
 
 
-def cross_positions(batch: int, t: int, k: int):
-  """Positions ``(B, T * K, 3)`` of the cross-modal tokens: image centre, frame time (ours)."""
-  time = jnp.broadcast_to(cell_centres(t)[:, None, None], (t, k, 1))
-  pos = jnp.concatenate([jnp.zeros((t, k, 2), jnp.float32), time], axis=-1)
-  return jnp.broadcast_to(pos.reshape(1, t * k, 3), (batch, t * k, 3))
-
-
-class _BlockBase(nn.Module):
-  """Fields and sub-layer helpers shared by both block designs."""
-  num_heads: int
-  num_groups: int
-  offset_strides: Sequence[int]
-  offset_range_factor: float
-  joint_window: int
-  joint_stride: int
-  temporal_window: int
-  temporal_stride: int
-  mlp_ratio: float
-  dropout: float
-  attn_dropout: float
-  drop_path: float
-  layer_scale: float
-  rgb_merge: bool
-  dtype: Dtype
-  rgb_query_pos: str = "cell"
-  sampler_backward: str = "auto"
-  # Sub-layer classes; fast.py's blocks replace them with their rewritten subclasses.
-  Deformable = DeformableAttention3D
-  JointAttention = JointStrideAttention
-  TemporalAttention = TemporalStrideAttention
-
-  def residual(self, name, y, deterministic):
-    """Residual branch: per-channel LayerScale (CaiT) then drop path."""
-    if self.layer_scale:
-      gamma = self.param(f"{name}_scale", nn.initializers.constant(self.layer_scale),
-                         (y.shape[-1],))
-      y = y * gamma.astype(y.dtype)
-    return DropPath(self.drop_path, name=name)(y, deterministic=deterministic)
-
-  def kw(self):
-    return dict(attn_dropout=self.attn_dropout, proj_dropout=self.dropout, dtype=self.dtype)
-
-  def deformable(self):
-    return self.Deformable(self.num_heads, num_groups=self.num_groups,
-                           offset_strides=tuple(self.offset_strides),
-                           offset_range_factor=self.offset_range_factor,
-                           sampler_backward=self.sampler_backward, name="cross_attn", **self.kw())
-
-  def pose_layers(self, z, person_mask, deterministic):
-    """Joint stride attention on ``z (B, T, 1 + P * J, C)`` (cross-attention token + the pose
-    tokens of ``P`` persons, present ones marked by ``person_mask (B, P)``; ``None``: one)."""
-    y = self.JointAttention(self.num_heads, window=self.joint_window, stride=self.joint_stride,
-                            name="joint_attn", **self.kw())(
-                                layer_norm("norm_joint", self.dtype)(z), person_mask,
-                                deterministic=deterministic)
-    return self.residual("drop_joint", y, deterministic)
-
-  def temporal_layers(self, z, deterministic):
-    """Temporal stride attention, temporal merge and MLP on ``z (B, T, N, C)``."""
-    y = self.TemporalAttention(self.num_heads, window=self.temporal_window, name="temporal_attn",
-                               **self.kw())(layer_norm("norm_temporal", self.dtype)(z),
-                                            deterministic=deterministic)
-    z = z + self.residual("drop_temporal", y, deterministic)
-    z = TemporalMerge(self.temporal_stride, dtype=self.dtype, name="temporal_merge")(z)
-    y = Mlp(int(z.shape[-1] * self.mlp_ratio), dropout=self.dropout, dtype=self.dtype,
-            name="mlp")(layer_norm("norm_mlp", self.dtype)(z), deterministic=deterministic)
-    return z + self.residual("drop_mlp", y, deterministic)
-
-
-class Block(_BlockBase):
-  """The paper's block: two modality streams fused through the cross-modal tokens.
-
-  ``rgb (B, T, H, W, C)`` or ``None`` (pose-only), ``cross (B, T, K, C)``, ``pose (B, T, P * J, C)``
-  (``P`` persons, ``person_mask (B, P)`` or ``None`` for one) -> the same streams, ``T`` reduced
-  by ``temporal_stride``.
-
-  1. 3D deformable attention: queries = RGB tokens and cross-modal tokens; keys/values = the
-     tokens found by the 3D token search and the cross-modal tokens. RGB and cross-modal tokens
-     are updated residually, then the RGB tokens pass their own MLP.
-  2. Local joint stride attention over the cross-attention token (the mean of the frame's ``K``
-     cross-modal tokens, ours) and the pose tokens; its update of the cross-attention token is
-     added to each cross-modal token.
-  3. Temporal stride attention over cross-modal and pose tokens, temporal merge (the RGB stream
-     is merged with the same stride when ``rgb_merge``, ours), MLP.
-  """
-
-  @nn.compact
-  def __call__(self, rgb, cross, pose, pose_pos, person_mask=None, deterministic: bool = True):
-    b, t, k, c = cross.shape
-    if rgb is not None:
-      _, tr, h, w, _ = rgb.shape
-      x = layer_norm("norm_rgb", self.dtype)(rgb)
-      m = layer_norm("norm_cross", self.dtype)(cross).reshape(b, t * k, c)
-      grid = reference_grid((tr, h, w))                                # (x, y, t) cell centres
-      if self.rgb_query_pos == "frame":  # ablation: no spatial position, like the cross tokens
-        grid = grid * jnp.asarray([0.0, 0.0, 1.0])
-      rgb_pos = jnp.broadcast_to(grid.reshape(1, tr * h * w, 3), (b, tr * h * w, 3))
-      m_pos = cross_positions(b, t, k)
-      y = self.deformable()(jnp.concatenate([x.reshape(b, tr * h * w, c), m], axis=1),
-                            jnp.concatenate([rgb_pos, m_pos], axis=1), x, m, m_pos,
-                            deterministic=deterministic)
-      rgb = rgb + self.residual("drop_rgb", y[:, :tr * h * w].reshape(rgb.shape), deterministic)
-      cross = cross + self.residual("drop_cross", y[:, tr * h * w:].reshape(cross.shape),
-                                    deterministic)
-      y = Mlp(int(c * self.mlp_ratio), dropout=self.dropout, dtype=self.dtype, name="rgb_mlp")(
-          layer_norm("norm_rgb_mlp", self.dtype)(rgb), deterministic=deterministic)
-      rgb = rgb + self.residual("drop_rgb_mlp", y, deterministic)
-
-    y = self.pose_layers(jnp.concatenate([cross.mean(axis=2, keepdims=True), pose], axis=2),
-                         person_mask, deterministic)
-    cross, pose = cross + y[:, :, :1], pose + y[:, :, 1:]
-
-    z = self.temporal_layers(jnp.concatenate([cross, pose], axis=2), deterministic)
-    if rgb is not None and self.rgb_merge:
-      _, tr, h, w, _ = rgb.shape
-      rgb = TemporalMerge(self.temporal_stride, dtype=self.dtype, name="rgb_merge")(
-          rgb.reshape(b, tr, h * w, c))
-      rgb = rgb.reshape(b, rgb.shape[1], h, w, c)
-    return rgb, z[:, :, :k], z[:, :, k:], pose_pos
-
-
-class PooledBlock(_BlockBase):
-  """The earlier design (ablation ``design="pooled"``): the RGB tokens are never updated.
-
-  The cross token and the joint tokens of each frame are the deformable attention's queries (at
-  the joints' image positions), the sampled tokens alone its keys/values, and the mean of a
-  frame's ``1 + J`` outputs is added to its single cross token; then the same joint and temporal
-  layers as ``Block``.
-  """
-
-  @nn.compact
-  def __call__(self, rgb, cross, pose, pose_pos, person_mask=None, deterministic: bool = True):
-    b, t, _, c = cross.shape
-    z = jnp.concatenate([cross, pose], axis=2)                              # (B, T, 1 + J, C)
-    n = z.shape[2]
-    if rgb is not None:
-      q = layer_norm("norm_cross", self.dtype)(z).reshape(b, t * n, c)
-      q_pos = jnp.concatenate([cross_positions(b, t, 1).reshape(b, t, 1, 3), pose_pos], axis=2)
-      y = self.deformable()(q, q_pos.reshape(b, t * n, 3), layer_norm("norm_rgb", self.dtype)(rgb),
-                            pool_queries=n, deterministic=deterministic)  # (B, T, C)
-      y = self.residual("drop_cross", y.reshape(b, t, 1, c), deterministic)
-      z = jnp.concatenate([z[:, :, :1] + y, z[:, :, 1:]], axis=2)
-    z = z + self.pose_layers(z, person_mask, deterministic)
-    z = self.temporal_layers(z, deterministic)
-    return rgb, z[:, :, :1], z[:, :, 1:], temporal_pool(pose_pos, self.temporal_stride)
-
-
 class Deform3DTransformer(nn.Module):
   """RGB frames + pose keypoints -> class logits.
 
@@ -208,6 +64,16 @@ class Deform3DTransformer(nn.Module):
   and tokens, feed the classifier. ``fast`` selects the rewritten modules of ``fast.py`` (same
   parameters, same function); ``remat`` recomputes each block's activations in the backward pass.
   Every attention sows its weights into ``intermediates`` (see ``deform3d.models.attention_maps``).
+
+  Block structure (``scan``): ``scan=False`` (default) is a Python loop over ``block{i}``, each
+  block merging the streams in time before its MLP when ``temporal_strides[i] > 1`` (the
+  definition; every checkpoint before ``scan`` existed). ``scan=True`` merges *between* blocks
+  instead (``temporal_merge{i}``, ``rgb_merge{i}`` after block ``i``; the MLP runs before the
+  merge, ours): the blocks between two merges form a stage of identical blocks that differ only
+  in data, the drop-path rate and the joint stride (``joint_plans``' group tables), and each
+  stage is one ``nn.scan`` over parameters stacked on a leading layer axis (``stage{s}/block``).
+  ``merge_in_block=False`` with ``scan=False`` is the loop form of that function; the two
+  layouts convert into each other (``deform3d.models.convert``), tested equal.
   """
   num_classes: int
   # Size (``VARIANTS``):
@@ -237,6 +103,8 @@ class Deform3DTransformer(nn.Module):
   rgb_query_pos: str = "cell"
   fast: bool = True
   remat: bool = False
+  scan: bool = False
+  merge_in_block: Optional[bool] = None  # None: not scan
   sampler_backward: str = "auto"
   dtype: Dtype = jnp.float32
 
@@ -266,19 +134,93 @@ class Deform3DTransformer(nn.Module):
     if self.use_rgb and (frames is None or frames.ndim != 5 or frames.shape[:2] != bt):
       raise ValueError(f"Deform3DTransformer: frames must be (B, T, H, W, 3) with (B, T) = "
                        f"{bt} of the keypoints, got {None if frames is None else frames.shape}")
+    if self.scan and self.merges_in_block:
+      raise ValueError("Deform3DTransformer: merge_in_block=True (the earlier block order) runs "
+                       "as a loop only: set scan=False")
     if keypoints.ndim == 5 and keypoints.shape[1] > 1 and self.design != "paper":
       raise ValueError(f"Deform3DTransformer: design={self.design!r} takes one person, got "
                        f"keypoints of {keypoints.shape[1]} (B, P, T, J, D) = {keypoints.shape}")
     return keypoints.shape[0]
 
+  @property
+  def merges_in_block(self) -> bool:
+    """Whether each block merges in time before its MLP (the loop's order; ``merge_in_block``,
+    by default ``not scan``)."""
+    return (not self.scan) if self.merge_in_block is None else self.merge_in_block
+
   def block_class(self):
     if self.fast:
-      from deform3d.models import fast  # the rewrites import this module
       cls = fast.FastBlock if self.design == "paper" else fast.FastPooledBlock
     else:
       cls = Block if self.design == "paper" else PooledBlock
     # Arguments: self, rgb, cross, pose, pose_pos, person_mask, deterministic (static).
     return nn.remat(cls, static_argnums=(6,)) if self.remat else cls
+
+  def stages(self):
+    """The blocks of each stage, ``[[0, 1], [2, 3]]`` for temporal strides ``(1, 2, 1, 2)``:
+    a stage ends after each block that is followed by a temporal merge."""
+    return stages(self.temporal_strides, self.merges_in_block)
+
+  def block_kwargs(self, i: int) -> dict:
+    """Block ``i``'s settings (its drop-path rate and joint stride included)."""
+    return dict(
+        num_heads=self.num_heads, num_groups=self.num_groups,
+        offset_strides=tuple(self.offset_strides), offset_range_factor=self.offset_range_factor,
+        joint_window=self.joint_window, joint_stride=self.joint_strides[i],
+        temporal_window=self.temporal_window,
+        temporal_stride=self.temporal_strides[i] if self.merges_in_block else 1,
+        mlp_ratio=self.mlp_ratio, dropout=self.dropout, attn_dropout=self.attn_dropout,
+        drop_path=self.drop_path * i / max(self.depth - 1, 1), layer_scale=self.layer_scale,
+        rgb_merge=self.rgb_merge, rgb_query_pos=self.rgb_query_pos,
+        sampler_backward=self.sampler_backward, dtype=self.dtype)
+
+  def merge_after(self, i: int, rgb, cross, pose, pose_pos):
+    """The temporal merge after block ``i`` (none when its stride is 1 or it merged itself)."""
+    stride = self.temporal_strides[i]
+    if stride == 1 or self.merges_in_block:
+      return rgb, cross, pose, pose_pos
+    k = cross.shape[2]
+    z = TemporalMerge(stride, dtype=self.dtype, name=f"temporal_merge{i}")(
+        jnp.concatenate([cross, pose], axis=2))
+    if rgb is not None and self.rgb_merge:
+      b, tr, h, w, c = rgb.shape
+      rgb = TemporalMerge(stride, dtype=self.dtype, name=f"rgb_merge{i}")(
+          rgb.reshape(b, tr, h * w, c))
+      rgb = rgb.reshape(b, rgb.shape[1], h, w, c)
+    if pose_pos is not None:
+      pose_pos = temporal_pool(pose_pos, stride)
+    return rgb, z[:, :, :k], z[:, :, k:], pose_pos
+
+  def run_blocks(self, streams, person_mask, num_joints: int, deterministic: bool):
+    """All blocks and the merges between them on ``streams = (rgb, cross, pose, pose_pos)``."""
+    block_cls = self.block_class()
+    if not self.scan:
+      for i in range(self.depth):
+        streams = block_cls(**self.block_kwargs(i), name=f"block{i}")(
+            *streams, person_mask, deterministic)
+        streams = self.merge_after(i, *streams)
+      return streams
+    persons = 1 if person_mask is None else person_mask.shape[1]
+    batch = streams[1].shape[0]
+    for s, blocks in enumerate(self.stages()):
+      kwargs = self.block_kwargs(blocks[0])
+      kwargs.pop("drop_path")
+      rates = noise = None
+      if not deterministic and self.drop_path > 0:
+        # Each block's rate, and the stage's drop-path draws made here, outside the loop.
+        rates = jnp.asarray([self.drop_path * i / max(self.depth - 1, 1) for i in blocks],
+                            jnp.float32)
+        noise = jax.random.uniform(self.make_rng("dropout"),
+                                   (len(blocks), len(RESIDUALS), batch))
+      plans = jnp.asarray(joint_plans(num_joints, self.joint_window,
+                                      [self.joint_strides[i] for i in blocks], persons))
+      scanned = nn.scan(_ScanBody, variable_axes={"params": 0, "intermediates": 0},
+                        split_rngs={"params": True, "dropout": True},
+                        in_axes=(0, 0, nn.broadcast), length=len(blocks))
+      streams, _ = scanned(block_cls, tuple(sorted(kwargs.items())), deterministic,
+                           name=f"stage{s}")(streams, (rates, noise), plans, person_mask)
+      streams = self.merge_after(blocks[-1], *streams)
+    return streams
 
   @nn.compact
   def __call__(self, frames: Optional[jnp.ndarray], keypoints: Optional[jnp.ndarray], *,
@@ -324,20 +266,39 @@ class Deform3DTransformer(nn.Module):
       time = jnp.broadcast_to(cell_centres(t)[None, :, None, None], (b, t, j, 1))
       pose_pos = jnp.concatenate([xy, time], axis=-1)
 
-    block_cls = self.block_class()
-    for i in range(self.depth):
-      rgb, cross, pose, pose_pos = block_cls(
-          num_heads=self.num_heads, num_groups=self.num_groups,
-          offset_strides=tuple(self.offset_strides), offset_range_factor=self.offset_range_factor,
-          joint_window=self.joint_window, joint_stride=self.joint_strides[i],
-          temporal_window=self.temporal_window, temporal_stride=self.temporal_strides[i],
-          mlp_ratio=self.mlp_ratio, dropout=self.dropout, attn_dropout=self.attn_dropout,
-          drop_path=self.drop_path * i / max(self.depth - 1, 1), layer_scale=self.layer_scale,
-          rgb_merge=self.rgb_merge, rgb_query_pos=self.rgb_query_pos,
-          sampler_backward=self.sampler_backward, dtype=self.dtype, name=f"block{i}")(
-              rgb, cross, pose, pose_pos, person_mask, not train)
+    rgb, cross, pose, pose_pos = self.run_blocks((rgb, cross, pose, pose_pos), person_mask,
+                                                 keypoints.shape[-2], not train)
 
     cls = layer_norm("norm_out", self.dtype)(cross.mean(axis=(1, 2)))
     cls = nn.Dropout(self.dropout)(cls, deterministic=not train)
     return nn.Dense(self.num_classes, dtype=jnp.float32, kernel_init=nn.initializers.zeros,
                     name="head")(cls)
+
+
+def stages(temporal_strides: Sequence[int], merge_in_block: bool = False) -> list:
+  """Block indices of each stage: a stage ends after each block followed by a temporal merge
+  (with ``merge_in_block`` every block is its own stage: the merges are inside the blocks)."""
+  if merge_in_block:
+    return [[i] for i in range(len(temporal_strides))]
+  out, current = [], []
+  for i, stride in enumerate(temporal_strides):
+    current.append(i)
+    if stride > 1:
+      out.append(current)
+      current = []
+  return out + ([current] if current else [])
+
+
+class _ScanBody(nn.Module):
+  """One block as an ``nn.scan`` step: carry ``(rgb, cross, pose, pose_pos)``, scanned
+  ``((drop-path rate, drop-path draws) or Nones, joint plan)``, broadcast ``person_mask``."""
+  block_cls: Any
+  block_kwargs: tuple
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, streams, drop, plan, person_mask):
+    rate, noise = drop
+    block = self.block_cls(**dict(self.block_kwargs), drop_path=0.0 if rate is None else rate,
+                           drop_noise=noise, joint_plan=plan, name="block")
+    return block(*streams, person_mask, self.deterministic), None

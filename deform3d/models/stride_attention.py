@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -45,6 +46,23 @@ def person_groups(num_joints: int, window: int, stride: int, persons: int):
   return np.concatenate([np.where(idx >= 0, idx + m * num_joints, -1) for m in range(persons)])
 
 
+def joint_plans(num_joints: int, window: int, strides, persons: int = 1):
+  """``person_groups`` of each stride in ``strides``, padded with all ``-1`` groups to one
+  shape, ``(len(strides), persons * Ng, window)`` int32: the joint strides of a stage of
+  scanned blocks as data (``JointStrideAttention(plan=...)``). Each person's groups are padded
+  alike, so group ``g`` belongs to person ``g // Ng``; a padding group holds no joint and is
+  left out of the cross token's mean, so it changes nothing."""
+  window = min(window, num_joints)
+  tables = [joint_groups(num_joints, window, s) for s in strides]
+  ng = max(t.shape[0] for t in tables)
+  plans = []
+  for t in tables:
+    t = np.concatenate([t, np.full((ng - t.shape[0], window), -1, t.dtype)])
+    plans.append(np.concatenate([np.where(t >= 0, t + m * num_joints, -1)
+                                 for m in range(persons)]))
+  return np.stack(plans).astype(np.int32)
+
+
 def persons_present(keypoints):
   """Which persons of keypoints ``(..., P, T, J, D)`` are in the clip: any joint with a non-zero
   score (channel 2) in any frame -> ``(..., P)``. All-zero persons are padding. The model's
@@ -74,6 +92,9 @@ class JointStrideAttention(nn.Module):
   cross token's mean (in a clip with no person present, every group counts: the cross token then
   attends to itself alone). Sows the attention ``(B, T, Ng, heads, 1 + w, 1 + w)`` and the cross
   token's attention over joints as ``joint_importance (B, T, heads, P * J)``.
+
+  ``plan`` (one row of ``joint_plans``, possibly a traced array when blocks are scanned) replaces
+  the static group table of ``stride``: the same groups plus padding groups that change nothing.
   """
   num_heads: int
   window: int = 4
@@ -81,6 +102,7 @@ class JointStrideAttention(nn.Module):
   attn_dropout: float = 0.0
   proj_dropout: float = 0.0
   dtype: Dtype = jnp.float32
+  plan: Any = None
   Attention = MultiHeadAttention
 
   @nn.compact
@@ -90,9 +112,18 @@ class JointStrideAttention(nn.Module):
     if n % persons:
       raise ValueError(f"JointStrideAttention: {n} pose tokens are not {persons} persons' joints")
     j = n // persons
-    idx = person_groups(j, min(self.window, j), self.stride, persons)    # (Ng, w)
-    valid = np.concatenate([np.ones((idx.shape[0], 1), bool), idx >= 0], axis=1)
+    if self.plan is None:
+      idx = person_groups(j, min(self.window, j), self.stride, persons)  # (Ng, w), static
+    else:
+      idx = self.plan
+      if idx.ndim != 2 or idx.shape[0] % persons or idx.shape[1] != min(self.window, j):
+        raise ValueError(f"JointStrideAttention: plan {idx.shape} is not (persons * Ng, window) "
+                         f"for {persons} persons and window {min(self.window, j)}")
+    xp = np if isinstance(idx, np.ndarray) else jnp
+    valid = xp.concatenate([xp.ones((idx.shape[0], 1), bool), idx >= 0], axis=1)
     mask, group_weights = valid[:, None, None, :], None
+    # Padding groups of a plan hold no joint and stay out of the cross token's mean.
+    real = None if xp is np else (idx >= 0).any(axis=1)                  # (Ng,)
     if persons > 1:
       present = person_mask[:, np.repeat(np.arange(persons), idx.shape[0] // persons)]  # (B, Ng)
       joints = jnp.broadcast_to(present[..., None], present.shape + (idx.shape[1],))
@@ -101,10 +132,14 @@ class JointStrideAttention(nn.Module):
       # A clip with nobody in it: the cross token attends only to itself in every group, so all
       # its group outputs are equal; they all count, keeping the mean an affine combination.
       group_weights = present | ~present.any(axis=1, keepdims=True)
+      if real is not None:
+        group_weights = group_weights & real
+    elif real is not None:
+      group_weights = jnp.broadcast_to(real, (z.shape[0],) + real.shape)
     out, weights = self.attend(z, idx, mask, group_weights, persons, deterministic)
     # Importance of each joint for the cross token: its attention weight, per head, weighted as
     # the groups are in the cross token's mean.
-    onehot = np.asarray(idx[..., None] == np.arange(n), np.float32)       # (Ng, w, P * J)
+    onehot = (idx[..., None] == xp.arange(n)).astype(np.float32)          # (Ng, w, P * J)
     cross_to_joint = weights[:, :, :, :, 0, 1:]                           # (B, T, Ng, heads, w)
     share = group_mean(jnp.einsum("btghw,gwj->btghj", cross_to_joint, onehot),
                        group_weights)[:, :, 0]                            # (B, T, heads, P * J)
@@ -117,13 +152,20 @@ class JointStrideAttention(nn.Module):
     output) and the weights."""
     b, t, _, c = z.shape
     ng, w = idx.shape
-    groups = jnp.take(z[:, :, 1:], np.maximum(idx, 0), axis=2)            # (B, T, Ng, w, C)
+    groups = jnp.take(z[:, :, 1:], (np if isinstance(idx, np.ndarray) else jnp).maximum(idx, 0),
+                      axis=2)                                              # (B, T, Ng, w, C)
     cross = jnp.broadcast_to(z[:, :, None, :1], (b, t, ng, 1, c))
     tokens = jnp.concatenate([cross, groups], axis=3)
     out, weights = self.Attention(self.num_heads, attn_dropout=self.attn_dropout,
                                   proj_dropout=self.proj_dropout, dtype=self.dtype,
                                   name="attn")(tokens, tokens, mask=mask,
                                                deterministic=deterministic)
+    if not isinstance(idx, np.ndarray):  # a traced plan: read the joints back by a one-hot
+      onehot = (idx[..., None] == jnp.arange(z.shape[2] - 1)).astype(out.dtype)
+      joints = jnp.einsum("btgwc,gwn->btnc", out[:, :, :, 1:], onehot,
+                          precision=jax.lax.Precision.HIGHEST)
+      return jnp.concatenate([group_mean(out[:, :, :, 0], group_weights), joints],
+                             axis=2), weights
     # Every joint is in exactly one group: read its output back from its (group, slot).
     slot = np.zeros(z.shape[2] - 1, np.int64)
     g_i, s_i = np.nonzero(idx >= 0)

@@ -20,7 +20,7 @@ import optax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from deform3d.models import build_model, resolved_config
+from deform3d.models import build_model, convert, resolved_config
 from deform3d.train import sharding as shd
 from deform3d.train.metrics import classification_metrics
 
@@ -59,13 +59,20 @@ def make_optimizer(config: ml_collections.ConfigDict):
 # (docs/model.md, "Options"): a checkpoint resumes under any value of them, also one written
 # before such a setting existed.
 COMPUTATION_ONLY = ("fast", "remat", "sampler_backward")
+# Settings that change the parameters' layout, not the function: a checkpoint of either layout
+# is converted on restore (``deform3d.models.convert``).
+LAYOUT_ONLY = ("scan",)
+# Values of settings that a checkpoint written before they existed had: blocks merged before
+# their MLP, one per-block parameter tree.
+LEGACY = {"merge_in_block": True, "scan": False}
 
 
 def fingerprint_diff(got: dict, want: dict) -> list:
   """The model settings (and ``"num_classes"``) in which two fingerprints differ, leaving out
   ``COMPUTATION_ONLY``; empty when a checkpoint of ``got`` may be restored under ``want``."""
-  keys = (set(got["model"]) | set(want["model"])) - set(COMPUTATION_ONLY)
-  diff = sorted(k for k in keys if got["model"].get(k) != want["model"].get(k))
+  keys = (set(got["model"]) | set(want["model"])) - set(COMPUTATION_ONLY) - set(LAYOUT_ONLY)
+  diff = sorted(k for k in keys if got["model"].get(k, LEGACY.get(k))
+                != want["model"].get(k, LEGACY.get(k)))
   if got.get("num_classes") != want.get("num_classes") and "num_classes" not in diff:
     diff.append("num_classes")
   return diff
@@ -74,8 +81,12 @@ def fingerprint_diff(got: dict, want: dict) -> list:
 def fingerprint(config: ml_collections.ConfigDict) -> dict:
   """What a checkpoint must agree on to be resumed: the model's full settings (its variant's
   sizes included) and the label space."""
-  return {"model": json.loads(json.dumps(resolved_config(config.model))),
-          "num_classes": config.model.num_classes}
+  model = resolved_config(config.model)
+  built = build_model(config.model)
+  # Recorded, so that a missing value means a checkpoint from before these settings.
+  model.setdefault("scan", built.scan)
+  model["merge_in_block"] = built.merges_in_block
+  return {"model": json.loads(json.dumps(model)), "num_classes": config.model.num_classes}
 
 
 def input_shapes(batch: dict) -> dict:
@@ -237,9 +248,19 @@ def restore_step(trainer: Trainer, mngr: ocp.CheckpointManager, config, step: in
         f"{mngr.directory}: checkpoint at step {step} was written by another configuration "
         f"(differs in model.{', model.'.join(diff)}); use a fresh --workdir or the original "
         f"config. checkpoint: {got}; config: {want}")
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(trainer.abstract_state)))
-  return restored["state"]
+  if got["model"].get("scan", LEGACY["scan"]) == trainer.model.scan:
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(trainer.abstract_state)))
+    return restored["state"]
+  # The other parameter layout (blocks stacked or not): restore it as written, then convert.
+  other = trainer.model.clone(scan=not trainer.model.scan,
+                              merge_in_block=trainer.model.merges_in_block)
+  stored = jax.eval_shape(lambda st: convert.for_model(st, other), trainer.abstract_state)
+  stored = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                       sharding=trainer.replicated), stored)
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(stored)))
+  return jax.device_put(convert.for_model(restored["state"], trainer.model),
+                        trainer.state_sharding)
 
 
 def restore_checkpoint(trainer: Trainer, workdir: str, config, step: Optional[int] = None):

@@ -1,0 +1,1 @@
+"""Measurement harnesses (compile time, ...); their command lines live in ``launch/``."""

@@ -1,0 +1,92 @@
+"""Compile time of the real training step, each compile in a fresh process.
+
+``step_compile(spec, batch)`` builds the ``Trainer`` of a config (``configs.common.load`` spec,
+e.g. ``"ntu:split=xsub60"``) and times ``train_step.lower(...).compile()`` on abstract inputs
+of the config's clip shapes: the program a training run compiles, with its optimizer update.
+``compare`` runs it for several code trees in turn, round after round, each compile in its own
+Python process (no in-process cache), so trees measured in one call share the machine's state.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Optional, Sequence
+
+
+def step_compile(spec: str, batch: int, overrides: Optional[dict] = None) -> dict:
+  """Lowers and compiles the training step of config ``spec`` at ``batch`` clips; returns
+  ``{"lower_s", "compile_s", "total_s", "xla_ops", "xla_fusions", "param_leaves"}``."""
+  import jax
+  import jax.numpy as jnp
+
+  from configs.common import clip_shapes, load
+  from deform3d.bench.xla import xla_stats
+  from deform3d.train import sharding as shd
+  from deform3d.train.trainer import Trainer
+
+  config = load(spec)
+  with config.unlocked():
+    config.batch_size = batch
+    for key, value in (overrides or {}).items():
+      config.model[key] = value
+  shapes = clip_shapes(config)
+  trainer = Trainer(config, shd.make_mesh(), shapes)
+  sharding = trainer.batch_sharding
+  abstract_batch = {
+      "frames": jax.ShapeDtypeStruct((batch,) + tuple(shapes["frames"]), jnp.float32,
+                                     sharding=sharding),
+      "keypoints": jax.ShapeDtypeStruct((batch,) + tuple(shapes["keypoints"]), jnp.float32,
+                                        sharding=sharding),
+      "label": jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharding)}
+  t0 = time.perf_counter()
+  lowered = trainer.train_step.lower(trainer.abstract_state, abstract_batch)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+  row = {"lower_s": t1 - t0, "compile_s": t2 - t1, "total_s": t2 - t0,
+         "param_leaves": len(jax.tree.leaves(trainer.abstract_state.params))}
+  row.update(xla_stats(compiled))
+  return row
+
+
+def _child(tree: str, spec: str, batch: int, overrides: dict) -> dict:
+  """``step_compile`` in a fresh interpreter with ``tree`` first on the path."""
+  code = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
+          "from deform3d.bench.compile_time import step_compile; "
+          "print('ROW ' + json.dumps(step_compile(sys.argv[2], int(sys.argv[3]), "
+          "json.loads(sys.argv[4]))))")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=tree)
+  out = subprocess.run([sys.executable, "-c", code, tree, spec, str(batch), json.dumps(overrides)],
+                       capture_output=True, text=True, env=env, cwd=tree, check=False)
+  rows = [line[4:] for line in out.stdout.splitlines() if line.startswith("ROW ")]
+  if out.returncode or not rows:
+    raise RuntimeError(f"compile in {tree} failed (rc {out.returncode}):\n{out.stderr[-3000:]}")
+  return json.loads(rows[-1])
+
+
+def compare(trees: Sequence[str], spec: str, batch: int, repeats: int = 3,
+            overrides: Optional[dict] = None, log: Callable[[str], None] = print) -> dict:
+  """``repeats`` rounds; each round compiles the step once per tree, trees in turn (alternated).
+  Returns per tree the rows and the median/min/max of ``total_s``."""
+  rows = {tree: [] for tree in trees}
+  start = time.perf_counter()
+  for r in range(repeats):
+    for i, tree in enumerate(trees):
+      row = _child(tree, spec, batch, overrides or {})
+      rows[tree].append(row)
+      done = r * len(trees) + i + 1
+      elapsed = time.perf_counter() - start
+      eta = elapsed / done * (repeats * len(trees) - done)
+      log(f"[{done}/{repeats * len(trees)}] {tree}: total {row['total_s']:.1f} s "
+          f"(lower {row['lower_s']:.1f}, compile {row['compile_s']:.1f}), "
+          f"{row.get('xla_ops')} ops, {row['param_leaves']} leaves; ETA {eta:.0f} s")
+  summary = {}
+  for tree, rs in rows.items():
+    totals = [r["total_s"] for r in rs]
+    summary[tree] = {"rows": rs, "median_s": statistics.median(totals), "min_s": min(totals),
+                     "max_s": max(totals)}
+  return {"spec": spec, "batch": batch, "overrides": overrides or {}, "trees": summary}

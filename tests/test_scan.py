@@ -1,0 +1,104 @@
+"""Blocks scanned in stages (``model.scan``): the same function as the loop over ``block{i}``,
+the layouts' conversions, and checkpoints restored across layouts."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deform3d.models import build_model, convert
+from deform3d.models.layers import DropPath
+from deform3d.models.model import stages
+from deform3d.models.stride_attention import joint_plans, person_groups
+
+
+def perturbed(params, seed=0, scale=0.05):
+  """Every leaf moved off its initial value (zero-initialized heads and offsets included)."""
+  rs = np.random.RandomState(seed)
+  return jax.tree.map(lambda x: x + scale * jnp.asarray(rs.randn(*x.shape), x.dtype), params)
+
+
+def _inputs(persons, joints, seed=0):
+  rs = np.random.RandomState(seed)
+  frames = jnp.asarray(rs.randn(2, 8, 32, 32, 3), jnp.float32)
+  keypoints = rs.uniform(-1, 1, (2, persons, 8, joints, 3)).astype(np.float32)
+  if persons > 1:
+    keypoints[1, persons - 1] = 0.0  # clip 1's second person is absent (padding)
+  return frames, jnp.asarray(keypoints)
+
+
+def _check_scan_equals_loop(settings, persons, joints):
+  loop = build_model({**settings, "scan": False, "merge_in_block": False})
+  scanned = build_model({**settings, "scan": True})
+  frames, keypoints = _inputs(persons, joints)
+  params = perturbed(loop.init(jax.random.key(0), frames, keypoints)["params"])
+  stacked = convert.stack_blocks(params, scanned)
+  assert convert.layout(stacked) == "stacked" and convert.layout(params) == "per_block"
+
+  def loss(model):
+    return jax.jit(jax.value_and_grad(
+        lambda p: (model.apply({"params": p}, frames, keypoints) ** 2).sum()))
+
+  value, grads = loss(loop)(params)
+  value_s, grads_s = loss(scanned)(stacked)
+  assert abs(float(value_s - value)) <= 1e-5 * abs(float(value))
+  grads_s = convert.unstack_blocks(grads_s, scanned)
+  assert jax.tree.structure(grads_s) == jax.tree.structure(grads)
+  # Leaf by leaf against the gradient's overall scale (a few leaves, e.g. key biases, have a
+  # gradient that is 0 up to rounding).
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads))
+  for (path, g), g_s in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(grads_s)):
+    err = float(jnp.abs(g_s - g).max())
+    assert err <= 1e-5 * scale, (jax.tree_util.keystr(path), err, scale)
+
+
+def test_scan_equals_loop_tiny_two_persons():
+  _check_scan_equals_loop({"variant": "tiny", "num_classes": 5}, persons=2, joints=17)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings,persons,joints", [
+    # 25 joints in windows of 5: stride 1 makes 5 groups, stride 2 six (a padding group).
+    ({"variant": "embedded", "joint_window": 5, "fast": False}, 2, 25),
+    ({"variant": "embedded", "joint_window": 5}, 2, 25),
+    ({"variant": "tiny", "design": "pooled"}, 1, 17),
+    ({"variant": "tiny", "remat": True, "fast": False}, 1, 17),
+])
+def test_scan_equals_loop(settings, persons, joints):
+  _check_scan_equals_loop({**settings, "num_classes": 5}, persons, joints)
+
+
+def test_stages_split_after_each_temporal_merge():
+  assert stages((1, 1, 2, 1, 1, 2, 1, 1)) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+  assert stages((1, 2, 1, 2)) == [[0, 1], [2, 3]]
+  assert stages((1, 2), merge_in_block=True) == [[0], [1]]
+
+
+def test_joint_plans_are_the_groups_of_each_stride_padded():
+  plans = joint_plans(25, 5, (1, 2), persons=2)
+  assert plans.shape == (2, 12, 5)  # 6 groups per person (stride 2), stride 1 padded from 5
+  for row, stride in zip(plans, (1, 2)):
+    want = person_groups(25, 5, stride, 2)
+    per = want.shape[0] // 2
+    got = row.reshape(2, 6, 5)
+    for m in range(2):
+      np.testing.assert_array_equal(got[m, :per], want[m * per:(m + 1) * per])
+      assert (got[m, per:] == -1).all()
+  # Every joint of every person in exactly one slot of each plan.
+  for row in plans:
+    np.testing.assert_array_equal(np.sort(row[row >= 0]), np.arange(50))
+
+
+def test_drop_path_with_given_draws():
+  x = jnp.ones((3, 2))
+  noise = jnp.asarray([0.1, 0.7, 0.49])
+  out = DropPath(jnp.float32(0.5)).apply({}, x, deterministic=False, noise=noise)
+  np.testing.assert_allclose(out, [[2, 2], [0, 0], [2, 2]])
+  assert DropPath(0.5).apply({}, x, deterministic=True, noise=noise) is x
+
+
+def test_merge_in_block_is_the_loop_only():
+  model = build_model({"variant": "tiny", "num_classes": 5, "scan": True,
+                       "merge_in_block": True})
+  frames, keypoints = _inputs(1, 17)
+  with pytest.raises(ValueError, match="merge_in_block"):
+    model.init(jax.random.key(0), frames, keypoints)
