@@ -102,3 +102,13 @@ def test_merge_in_block_is_the_loop_only():
   frames, keypoints = _inputs(1, 17)
   with pytest.raises(ValueError, match="merge_in_block"):
     model.init(jax.random.key(0), frames, keypoints)
+
+
+def test_fsdp_never_splits_the_layer_axis_of_stacked_parameters():
+  from deform3d.train import sharding as shd
+  mesh = jax.sharding.AbstractMesh((4,), ("data",))
+  leaf = jax.ShapeDtypeStruct((128, 8, 4), np.float32)  # the layer axis is the largest
+  specs = shd.param_sharding({"stage0": {"block": {"kernel": leaf}}, "block0": {"kernel": leaf}},
+                             mesh, "fsdp", min_size=16)
+  assert specs["stage0"]["block"]["kernel"].spec == jax.sharding.PartitionSpec(None, "data", None)
+  assert specs["block0"]["kernel"].spec == jax.sharding.PartitionSpec("data", None, None)

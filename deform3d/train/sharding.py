@@ -32,18 +32,23 @@ def param_sharding(tree, mesh: Mesh, mode: str, min_size: int = 2**14):
     raise ValueError(f"param_sharding must be 'replicated' or 'fsdp', got {mode!r}")
   n = mesh.shape[DATA]
 
-  def spec(x):
+  def spec(path, x):
     shape = getattr(x, "shape", ())
     if mode == "replicated" or n == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
       return replicated(mesh)
+    # Stacked block parameters (``stage{s}/...``) keep their leading layer axis whole: the
+    # scan slices it one layer at a time.
+    stacked = any(str(getattr(k, "key", "")).startswith("stage") for k in path)
     for axis in np.argsort(shape)[::-1]:
+      if stacked and axis == 0:
+        continue
       if shape[axis] % n == 0:
         parts = [None] * len(shape)
         parts[axis] = DATA
         return NamedSharding(mesh, P(*parts))
     return replicated(mesh)
 
-  return jax.tree.map(spec, tree)
+  return jax.tree_util.tree_map_with_path(spec, tree)
 
 
 def global_batch(batch: dict, mesh: Mesh) -> dict:
