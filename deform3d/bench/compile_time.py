@@ -90,3 +90,52 @@ def compare(trees: Sequence[str], spec: str, batch: int, repeats: int = 3,
     summary[tree] = {"rows": rs, "median_s": statistics.median(totals), "min_s": min(totals),
                      "max_s": max(totals)}
   return {"spec": spec, "batch": batch, "overrides": overrides or {}, "trees": summary}
+
+
+def alternated_step_times(spec: str, batch: int, variants: Sequence[dict], rounds: int = 5,
+                          steps: int = 10, log: Callable[[str], None] = print) -> list:
+  """Training-step time of each model variant (``overrides`` of ``config.model``), all built in
+  this process and timed in turn, round after round (``steps`` steps per turn, after one
+  compile and one warm-up step each). Returns per variant the per-step ms of every round and
+  their median/min/max."""
+  import jax
+  import numpy as np
+
+  from configs.common import clip_shapes, load
+  from deform3d.train import sharding as shd
+  from deform3d.train.trainer import Trainer
+
+  runs = []
+  for overrides in variants:
+    config = load(spec)
+    with config.unlocked():
+      config.batch_size = batch
+      for key, value in overrides.items():
+        config.model[key] = value
+    shapes = clip_shapes(config)
+    trainer = Trainer(config, shd.make_mesh(), shapes)
+    rs = np.random.RandomState(0)
+    data = {"frames": rs.randn(batch, *shapes["frames"]).astype(np.float32),
+            "keypoints": rs.uniform(-1, 1, (batch,) + tuple(shapes["keypoints"])).astype(
+                np.float32),
+            "label": rs.randint(0, config.model.num_classes, batch).astype(np.int32)}
+    data = shd.global_batch(data, trainer.mesh)
+    state = trainer.init(jax.random.key(0))
+    state, metrics = trainer.train_step(state, data)  # compile + warm-up
+    jax.block_until_ready(metrics)
+    runs.append({"overrides": overrides, "trainer": trainer, "state": state, "data": data,
+                 "ms": []})
+  for r in range(rounds):
+    for run in runs:
+      t0 = time.perf_counter()
+      state = run["state"]
+      for _ in range(steps):
+        state, metrics = run["trainer"].train_step(state, run["data"])
+      jax.block_until_ready(metrics)
+      run["state"] = state
+      run["ms"].append((time.perf_counter() - t0) / steps * 1e3)
+    log(f"round {r + 1}/{rounds}: " + ", ".join(
+        f"{run['overrides']} {run['ms'][-1]:.1f} ms" for run in runs))
+  return [{"overrides": run["overrides"], "ms": run["ms"], "median_ms":
+           statistics.median(run["ms"]), "min_ms": min(run["ms"]), "max_ms": max(run["ms"])}
+          for run in runs]
