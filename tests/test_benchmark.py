@@ -4,11 +4,10 @@ import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "launch"))
+import pytest
 
-import benchmark  # noqa: E402
-import pytest  # noqa: E402
+from deform3d.bench import step_profile
+from deform3d.bench import suites as benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,7 +48,7 @@ def test_paper_suite_writes_its_json(tmp_path):
   import json
   import subprocess
   out = tmp_path / "paper.json"
-  script = os.path.join(os.path.dirname(benchmark.__file__), "benchmark.py")
+  script = os.path.join(ROOT, "launch", "benchmark.py")
   proc = subprocess.run([sys.executable, script, "--suite", "paper", "--paper_spec",
                          "embedded:variant=tiny", "--batch", "2", "--repeats", "2",
                          "--paper_rows", "float32/auto/fast", "--out", str(out)],
@@ -94,13 +93,15 @@ def test_matmul_suite_runs_each_xla_flag_set_in_its_own_process():
 
 
 def test_profile_module_key_reads_flax_paths_and_the_pass():
-  import step_profile
   fwd = ("jit(loss_fn)/jvp(Deform3DTransformer)/block1/block1.pose_layers/joint_attn/"
          "joint_attn.attend/attn/attn.project/query/dot_general")
   bwd = fwd.replace("jvp(Deform3DTransformer)", "transpose(jvp(Deform3DTransformer))")
   assert step_profile.module_key(fwd) == ("fwd", "block*/pose_layers/joint_attn")
   assert step_profile.module_key(bwd, depth=5) == ("bwd", "block*/pose_layers/joint_attn/attend/attn")
   assert step_profile.module_key("jit(loss_fn)/reduce_sum") == ("other", "(model inputs and loss)")
+  # The model's own methods on the way (its block loop) are not modules.
+  looped = fwd.replace("/block1/", "/Deform3DTransformer.run_blocks/block1/")
+  assert step_profile.module_key(looped) == ("fwd", "block*/pose_layers/joint_attn")
 
 
 @pytest.mark.slow

@@ -1,6 +1,4 @@
 """The PyTorch reference model of the benchmark computes what the Flax model computes."""
-import os
-import sys
 
 import jax
 import numpy as np
@@ -8,10 +6,8 @@ import optax
 import pytest
 
 torch = pytest.importorskip("torch")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "launch"))
 
-import torch_reference  # noqa: E402
+from deform3d.bench import torch_reference  # noqa: E402
 from deform3d.models import build_model, joint_groups  # noqa: E402
 from tests.test_fast_paths import random_params  # noqa: E402
 

@@ -22,6 +22,9 @@ import tempfile
 import jax
 import numpy as np
 
+from deform3d.bench.timing import _flops, _times, compile_grad_step, minor_faults
+from deform3d.bench.xla import xla_stats
+
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.-]+) = (\S+) ([a-z][\w-]*)\((.*)$", re.M)
 
 
@@ -69,8 +72,10 @@ def module_key(op_name, depth=3):
     phase = "other"
   path = re.sub(r"^jit\([^)]*\)/", "", op_name)
   path = re.sub(r"^(transpose\()?(jvp\()?\w+\)*/?", "", path)
-  parts = [re.sub(r"\d+", "*", p) for p in path.split("/") if p]
-  parts = [p for p in parts[:-1] if not p.startswith(("jit(", "vmap(", "checkpoint"))]
+  parts = [p for p in path.split("/") if p][:-1]
+  # The top model's own methods ("Deform3DTransformer.run_blocks") are not modules.
+  parts = [re.sub(r"\d+", "*", p) for p in parts
+           if not p.startswith(("jit(", "vmap(", "checkpoint", "Deform3DTransformer."))]
   # "block*/block*.pose_layers" -> "block*/pose_layers": Flax repeats the parent in method names.
   parts = [p.split(".", 1)[1] if "." in p else p for p in parts]
   return phase, "/".join(parts[:depth]) or "(model inputs and loss)"
@@ -120,7 +125,6 @@ def summarize(events, instructions, steps, depth=3):
 def profile_step(model, params, data, steps=3, depth=3, reference_gflops=None):
   """Profile of the jitted fwd+bwd step (cross-entropy and every gradient, no optimizer) of
   ``model`` on ``data = (frames, keypoints, labels)``; see the module docstring."""
-  from benchmark import _flops, _times, compile_grad_step, minor_faults, xla_stats
 
   compiled, xs, _ = compile_grad_step(model, params, data)
   run = lambda: jax.block_until_ready(compiled(params, *xs))
