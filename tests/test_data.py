@@ -409,3 +409,74 @@ def test_embedded_ensure_builds_once_and_rebuilds_a_new_version(tmp_path, monkey
     fh.write("1.2.0\n")
   embedded.ensure(d)
   assert built == [d, d]  # another version: rebuilt
+
+
+def _marker_sample(index, n_frames=16, h=64, w=96):
+  """A non-square clip whose frames differ: frame ``t`` has a grey level of its own
+  (``30 + 12 t``) and a green 8x8 marker at its own place, and joint 0 (the nose, its own flip
+  twin) sits on the marker's centre; the other joints are absent."""
+  frames = np.zeros((n_frames, h, w, 3), np.uint8)
+  kp = np.zeros((n_frames, J, 2), np.float32)
+  scores = np.zeros((n_frames, J), np.float32)
+  for t in range(n_frames):
+    frames[t] = 30 + 12 * t
+    px = w // 2 - 14 + (t * 7 + 3 * index) % 20   # near the centre, so most crops hold it
+    py = h // 2 - 12 + (t * 5 + 2 * index) % 16
+    frames[t, py:py + 8, px:px + 8] = (20, 250, 20)
+    kp[t, 0] = (px + 3.5, py + 3.5)  # pixel i's centre is at i
+    scores[t, 0] = 1.0
+  return records.Sample(frames, kp, scores, index % 3, f"m{index}"), kp[:, 0]
+
+
+def test_random_crops_of_non_square_frames_keep_each_frame_with_its_keypoints(tmp_path):
+  """Training crops (random square of 0.5-0.8 x the short side, offsets not 0) of 64x96 frames
+  that differ per index: every output frame is one source frame of its temporal segment, its
+  marker lies where its own keypoint says, and each clip's keypoints are one affine map of the
+  source pixels (a square crop of a size in range, flipped or not)."""
+  samples = [_marker_sample(i) for i in range(6)]
+  records.write_split(str(tmp_path), "train", (s for s, _ in samples), num_shards=1,
+                      num_classes=3, num_joints=J)
+  source = {s.id: centres for s, centres in samples}
+  size_out, checked, offsets, flips = 32, 0, [], set()
+  for seed in range(4):
+    ds = input_pipeline.make_dataset(str(tmp_path), "train", num_frames=4, image_size=size_out,
+                                     num_joints=J, batch_size=6, train=True, seed=seed,
+                                     flip_perm=PERM, crop_scale=(0.5, 0.8), cache=False)
+    b = next(input_pipeline.iterate(ds))
+    for i, sid in enumerate(b["id"]):
+      centres = source[sid.decode()]
+      kp = b["keypoints"][i, :, 0]                                    # (T, 3) of joint 0
+      src_t = []
+      for f in range(4):
+        img = b["frames"][i, f] * input_pipeline.STD + input_pipeline.MEAN
+        green = img[..., 1] - img[..., 0]
+        level = np.median(img[..., 0][green < 60])
+        t = int(round((level - 30) / 12))
+        assert abs(level - (30 + 12 * t)) < 4, (sid, f, level)
+        assert 4 * f <= t <= 4 * f + 3, (sid, f, t)                # its own segment
+        src_t.append(t)
+        weight = np.clip(green - 60, 0, None)
+        inside = weight.sum() > 0 and weight[[0, -1]].sum() == 0 and weight[:, [0, -1]].sum() == 0
+        if inside:  # the whole marker in the crop: its centre is where the keypoint says
+          yy, xx = np.mgrid[0:size_out, 0:size_out]
+          cx, cy = (weight * xx).sum() / weight.sum(), (weight * yy).sum() / weight.sum()
+          np.testing.assert_allclose(kp[f, :2], [(2 * cx + 1) / size_out - 1,
+                                                 (2 * cy + 1) / size_out - 1], atol=0.08,
+                                     err_msg=f"{sid} frame {f}")
+          checked += 1
+      # The clip's keypoints: x = a_x * px + b_x, y = a_y * py + b_y over its source frames.
+      src = centres[src_t]
+      fits = [np.polyfit(src[:, d], kp[:, d], 1) for d in (0, 1)]
+      for d in (0, 1):
+        np.testing.assert_allclose(np.polyval(fits[d], src[:, d]), kp[:, d], atol=1e-4)
+      size_x, size_y = 2 / abs(fits[0][0]), 2 / fits[1][0]
+      assert abs(size_x - size_y) < 1e-2 and 0.5 * 64 - 1 <= size_x <= 0.8 * 64, (size_x, size_y)
+      flip = fits[0][0] < 0
+      flips.add(flip)
+      ox = (1 - (fits[0][1] * (-1 if flip else 1) + 1) * size_x) / 2
+      oy = (1 - (fits[1][1] + 1) * size_y) / 2
+      assert -0.01 <= ox <= 96 - size_x + 0.01 and -0.01 <= oy <= 64 - size_y + 0.01, (ox, oy)
+      offsets.append((ox, oy))
+  assert checked >= 40, checked  # of 96 frames (53 in this data)
+  assert flips == {True, False}
+  assert max(o[0] for o in offsets) > 5 and max(o[1] for o in offsets) > 5  # offsets not 0
