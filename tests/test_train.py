@@ -48,6 +48,8 @@ def test_short_training_run_checkpoints_and_evaluates(data_dir, tmp_path):
   assert all(np.isfinite(l) for _, l in out["losses"])
   assert [s for s, _ in out["losses"]] == list(range(2, 13, 2))
   assert any("steps/s" in l and "ETA" in l for l in lines)
+  shares = [float(l.split("| input wait ")[1].rstrip("%")) for l in lines if l.startswith("step ")]
+  assert len(shares) == 6 and all(0 <= x <= 100 for x in shares), shares
   steps = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
   assert steps == [4, 8, 12]
   ev = out["eval"]
@@ -107,6 +109,34 @@ def test_workdir_of_another_config_is_refused(data_dir, tmp_path):
   other.model.embed_dim = 48
   with pytest.raises(trainer.ConfigMismatchError, match="another configuration"):
     run(other, str(tmp_path))
+
+
+@pytest.mark.slow
+def test_input_wait_share_is_the_time_spent_getting_batches(data_dir, tmp_path):
+  """A data source that takes 0.3 s per batch leaves the loop waiting most of the time; the
+  same batches from memory do not."""
+  import time
+  config = tiny_config(data_dir)
+  config.log_every, config.eval_every = 2, 0
+  first = next(loaders.train_iter(config, 0))
+
+  def batches(delay):
+    def make(start):
+      while True:
+        time.sleep(delay)
+        yield first
+    return make
+
+  shares = {}
+  for delay in (0.3, 0.0):
+    lines = []
+    trainer.train(config, str(tmp_path / f"d{delay}"), make_train_iter=batches(delay),
+                  stop_after=6, log=lines.append)
+    shares[delay] = [float(l.split("| input wait ")[1].rstrip("%")) / 100 for l in lines
+                     if l.startswith("step ")]
+  # The first window holds the compile; the later ones are steady.
+  assert min(shares[0.3][1:]) > 0.6, shares
+  assert max(shares[0.0][1:]) < min(shares[0.3][1:]), shares
 
 
 def test_fingerprint_ignores_only_how_the_model_is_computed(data_dir):
@@ -397,6 +427,11 @@ def test_train_command_writes_eval_test_and_tensorboard_and_eval_command_agrees(
             if l.startswith("step ")]
   np.testing.assert_allclose([v for _, v in scalars["train/loss"]], logged, atol=1e-4)
   assert [s for s, _ in scalars["eval/top1"]] == [12]
+  # The share of each log window spent waiting for input, as logged.
+  waits = [float(l.split("| input wait ")[1].rstrip("%")) / 100 for l in proc.stdout.splitlines()
+           if l.startswith("step ")]
+  assert [s for s, _ in scalars["train/input_wait_share"]] == list(range(2, 13, 2))
+  np.testing.assert_allclose([v for _, v in scalars["train/input_wait_share"]], waits, atol=0.006)
   # launch/eval.py: the latest checkpoint (step 12) on the test split gives the same numbers.
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "eval.py"), *common,
                          "--workdir", work, "--split", "test", "--out", str(tmp_path / "ev")],

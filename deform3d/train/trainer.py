@@ -357,9 +357,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 
   losses, metrics, eval_metrics = [], {}, None
   t0, s0 = time.time(), start
+  # Input wait: the time this loop spends getting the next batch onto the devices (the step
+  # runs asynchronously meanwhile), as a share of the log window's training time (its wall
+  # time less checkpoint saves and evaluations).
+  wait, aside, window_start = 0.0, 0.0, time.perf_counter()
   end = config.total_steps if stop_after is None else min(config.total_steps, start + stop_after)
   for step in range(start + 1, end + 1):
+    t_in = time.perf_counter()
     batch = shd.global_batch(next(it), mesh)
+    wait += time.perf_counter() - t_in
     state, m = trainer.train_step(state, batch)
     saving = step % config.checkpoint_every == 0 or step == end
     if step % config.log_every == 0 or step == end or saving:
@@ -373,13 +379,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     if step % config.log_every == 0 or step == end:
       losses.append((step, metrics["loss"]))
       rate = (step - s0) / max(time.time() - t0, 1e-9)
+      now = time.perf_counter()
+      input_share = min(wait / max(now - window_start - aside, 1e-9), 1.0)
+      wait, aside, window_start = 0.0, 0.0, now
       if is_main:
         log(f"step {step}/{config.total_steps} | loss {metrics['loss']:.4f} | "
             f"acc {metrics['accuracy']:.3f} | lr {metrics['learning_rate']:.2e} | "
-            f"{rate:.2f} steps/s | ETA {_fmt_time((config.total_steps - step) / rate)}")
+            f"{rate:.2f} steps/s | ETA {_fmt_time((config.total_steps - step) / rate)} | "
+            f"input wait {100 * input_share:.0f}%")
         if writer:
           for k, v in metrics.items():
             writer.add_scalar(f"train/{k}", v, step)
+          writer.add_scalar("train/input_wait_share", input_share, step)
+    t_aside = time.perf_counter()
     if saving:
       save(mngr, state, config)
     if make_eval_iter and config.eval_every and (step % config.eval_every == 0
@@ -392,6 +404,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         if writer:
           for k in ("top1", "top5", "mean_class_accuracy"):
             writer.add_scalar(f"eval/{k}", eval_metrics[k], step)
+    aside += time.perf_counter() - t_aside
   mngr.wait_until_finished()
   mngr.close()
   if writer:
