@@ -480,3 +480,17 @@ def test_random_crops_of_non_square_frames_keep_each_frame_with_its_keypoints(tm
   assert checked >= 40, checked  # of 96 frames (53 in this data)
   assert flips == {True, False}
   assert max(o[0] for o in offsets) > 5 and max(o[1] for o in offsets) > 5  # offsets not 0
+
+
+def test_input_benchmark_reports_rates_and_stages(tmp_path):
+  """``launch/input_benchmark.py``'s harness on the embedded data: clips/s per round and the
+  per-clip time of each stage prefix, each prefix no cheaper than the one before."""
+  from data_pipelines import bench
+  result = bench.run(str(tmp_path), datasets=("embedded",), clips=4, rounds=2,
+                     log=lambda s: None)
+  row = result["embedded"]
+  assert len(row["clips_per_s"]) == 2 and row["min"] <= row["median"] <= row["max"]
+  assert row["min"] > 0 and row["cores"] >= 1
+  st = row["stages_ms_per_clip"]
+  assert 0 < st["parse"] and st["decode_only"] == pytest.approx(st["decode"] - st["parse"])
+  assert st["whole"] > st["parse"]

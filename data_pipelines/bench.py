@@ -1,0 +1,183 @@
+"""Input-pipeline benchmark: clips/s of the training pipeline and the time per clip by stage.
+
+``python launch/input_benchmark.py [--clips 24] [--rounds 3] [--out input.json]`` (the command
+line; this module is the harness). Two datasets:
+
+* ``paper``: records written by the project's writer from the real NTU RGB+D clip
+  ``tests/data/ntu_sample.avi`` (stored at short side 256, every frame, JPEG quality 92, two
+  persons of 25 joints drawn inside the frame), read as ``configs/ntu.py`` reads its data:
+  32 frames, 224 px, random crops of 0.7-1.0 x the short side, flips, ``cache=False``;
+* ``embedded``: the embedded dataset's generator (48 px frames stored at 56), read as
+  ``configs/embedded.py`` does.
+
+``clips_per_s`` runs ``make_dataset`` (batch 1, ``AUTOTUNE`` parallelism) over ``--clips`` clips
+per round after one warm-up round; the process's CPU affinity sets the cores it may use
+(``taskset -c 0`` for one). ``stages`` times, one call after another, one ``tf.function`` per stage prefix
+on the same records: parse the record; + decode the sampled frames; + crop and resize; the whole
+``_process`` (flip, keypoints, normalization). The differences are the stages' costs per clip.
+Also per clip: ``read`` (the training record stream alone: files, shuffle and the Python
+generator that keeps the stream a function of ``(seed, position)``) and ``to_numpy`` (copying a
+clip's float32 frames out of TensorFlow).
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from data_pipelines import input_pipeline, records
+from data_pipelines.datasets import common
+from data_pipelines.skeletons import LAYOUTS, flip_permutation
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE = os.path.join(ROOT, "tests", "data", "ntu_sample.avi")
+
+# How each dataset is read (the configs' values).
+SETTINGS = {
+    "paper": dict(num_frames=32, image_size=224, layout="ntu25", max_persons=2,
+                  crop_scale=(0.7, 1.0)),
+    "embedded": dict(num_frames=8, image_size=48, layout="coco17", max_persons=2,
+                     crop_scale=(0.8, 1.0)),
+}
+
+
+def build_paper_records(out_dir: str, copies: int = 8, seed: int = 0) -> str:
+  """``copies`` records of ``ntu_sample.avi`` at short side 256 with drawn two-person poses."""
+  frames, fps = common.read_video(SAMPLE)
+  rng = np.random.default_rng(seed)
+  j = len(LAYOUTS["ntu25"])
+  h, w = frames.shape[1:3]
+  kp = np.stack([rng.uniform(0, w, (2, frames.shape[0], j)),
+                 rng.uniform(0, h, (2, frames.shape[0], j))], -1).astype(np.float32)
+  sc = np.ones((2, frames.shape[0], j), np.float32)
+  frames, kp, sc = common.finish(frames, kp, sc, fps, common.FrameOptions(short_side=256))
+  samples = (records.Sample(frames, kp, sc, i % 3, f"ntu{i}") for i in range(copies))
+  records.write_split(out_dir, "train", samples, num_shards=2, num_classes=3, num_joints=j)
+  return out_dir
+
+
+def build_embedded_records(out_dir: str, clips: int = 64) -> str:
+  from data_pipelines import embedded
+  embedded.build(out_dir, sizes={"train": (clips, 2, 11)}, verbose=False)
+  return out_dir
+
+
+def _dataset(data_dir: str, name: str, seed: int = 0) -> tf.data.Dataset:
+  s = SETTINGS[name]
+  joints = LAYOUTS[s["layout"]]
+  return input_pipeline.make_dataset(
+      data_dir, "train", num_frames=s["num_frames"], image_size=s["image_size"],
+      num_joints=len(joints), batch_size=1, train=True, seed=seed,
+      flip_perm=flip_permutation(joints), crop_scale=s["crop_scale"], cache=False,
+      max_persons=s["max_persons"], shuffle_buffer=16)
+
+
+def clips_per_s(data_dir: str, name: str, clips: int = 24, rounds: int = 3,
+                log: Callable[[str], None] = print) -> dict:
+  """Clips/s of the training pipeline over ``rounds`` rounds of ``clips`` clips (after a
+  warm-up round), with the cores this process may use."""
+  it = iter(_dataset(data_dir, name).as_numpy_iterator())
+  for _ in range(clips):  # warm-up: threads started, files open, autotuning begun
+    next(it)
+  rates = []
+  for r in range(rounds):
+    t = time.perf_counter()
+    for _ in range(clips):
+      next(it)
+    rates.append(clips / (time.perf_counter() - t))
+    log(f"{name}: round {r + 1}/{rounds}: {rates[-1]:.2f} clips/s")
+  return {"dataset": name, "cores": len(os.sched_getaffinity(0)), "clips_per_round": clips,
+          "clips_per_s": rates, "median": statistics.median(rates), "min": min(rates),
+          "max": max(rates)}
+
+
+def stages(data_dir: str, name: str, clips: int = 8) -> dict:
+  """Milliseconds per clip of each stage prefix, in one thread (see the module docstring)."""
+  s = SETTINGS[name]
+  num_joints = len(LAYOUTS[s["layout"]])
+  files = input_pipeline.split_files(data_dir, "train")
+  serialized = list(tf.data.TFRecordDataset(files).take(clips))
+  features = input_pipeline._FEATURES
+  t_frames, size_out = s["num_frames"], s["image_size"]
+
+  def sampled(ex):
+    jpegs = tf.sparse.to_dense(ex["video/frames"])
+    idx = input_pipeline.frame_indices(tf.shape(jpegs)[0], t_frames,
+                                       tf.fill([1, t_frames], 0.5))
+    return tf.gather(jpegs, tf.reshape(idx, [-1]))
+
+  def parse(raw):
+    ex = tf.io.parse_single_example(raw, features)
+    return tf.size(sampled(ex))
+
+  def decode(raw):
+    ex = tf.io.parse_single_example(raw, features)
+    return tf.map_fn(lambda x: tf.io.decode_jpeg(x, channels=3), sampled(ex),
+                     fn_output_signature=tf.uint8)
+
+  def crop_resize(raw):
+    frames = decode(raw)
+    h, w = tf.shape(frames)[1], tf.shape(frames)[2]
+    size = tf.cast(tf.cast(tf.minimum(h, w), tf.float32) * 0.85, tf.int32)
+    frames = frames[:, (h - size) // 2:(h - size) // 2 + size, (w - size) // 2:(w - size) // 2 + size]
+    return tf.image.resize(tf.cast(frames, tf.float32), [size_out, size_out], antialias=True)
+
+  def whole(raw):
+    return input_pipeline._process(
+        raw, tf.constant(0, tf.int64), num_frames=t_frames, image_size=size_out,
+        num_joints=num_joints, train=True, num_clips=1, seed=0,
+        flip_perm=list(range(num_joints)), crop_scale=s["crop_scale"],
+        max_persons=s["max_persons"])["frames"]
+
+  out = {}
+  # Reading: the training record stream alone (files, shuffle, the exact-resume generator).
+  stream = input_pipeline._train_records(
+      files, 0, 1, seed=0, shuffle_buffer=16, cache=False, start_position=0,
+      counts=input_pipeline.record_counts(data_dir, "train", files)).as_numpy_iterator()
+  next(stream)
+  t = time.perf_counter()
+  for _ in range(4 * clips):
+    next(stream)
+  out["read"] = (time.perf_counter() - t) / (4 * clips) * 1e3
+  # The batch as the trainer gets it: float32 frames copied out of TensorFlow.
+  one = next(iter(_dataset(data_dir, name).take(1)))
+  t = time.perf_counter()
+  for _ in range(clips):
+    np.array(one["frames"])
+  out["to_numpy"] = (time.perf_counter() - t) / clips * 1e3
+  for stage, fn in (("parse", parse), ("decode", decode), ("crop_resize", crop_resize),
+                    ("whole", whole)):
+    f = tf.function(fn)
+    f(serialized[0])  # trace
+    times = []
+    for _ in range(3):
+      t = time.perf_counter()
+      for raw in serialized:
+        np.asarray(f(raw))
+      times.append((time.perf_counter() - t) / len(serialized) * 1e3)
+    out[stage] = statistics.median(times)
+  out["decode_only"] = out["decode"] - out["parse"]
+  out["crop_resize_only"] = out["crop_resize"] - out["decode"]
+  out["rest"] = out["whole"] - out["crop_resize"]
+  return out
+
+
+def run(work_dir: str, datasets=("paper", "embedded"), clips: int = 24, rounds: int = 3,
+        log: Callable[[str], None] = print) -> dict:
+  """Builds the records under ``work_dir`` (once) and measures each dataset."""
+  result = {}
+  for name in datasets:
+    data_dir = os.path.join(work_dir, name)
+    if not os.path.exists(os.path.join(data_dir, "train.json")):
+      (build_paper_records if name == "paper" else build_embedded_records)(data_dir)
+    row = clips_per_s(data_dir, name, clips, rounds, log)
+    row["stages_ms_per_clip"] = stages(data_dir, name)
+    log(f"{name}: {row['median']:.2f} clips/s (min {row['min']:.2f}, max {row['max']:.2f}) on "
+        f"{row['cores']} core(s); per clip: " + ", ".join(
+            f"{k} {v:.1f} ms" for k, v in row["stages_ms_per_clip"].items()))
+    result[name] = row
+  return result

@@ -1,0 +1,32 @@
+"""Input-pipeline benchmark: ``python launch/input_benchmark.py [--clips 24] [--rounds 3]
+[--datasets paper,embedded] [--work_dir DIR] [--out input.json]``; ``taskset -c 0`` in front
+measures one core. The harness is ``data_pipelines/bench.py`` (its docstring says what is run).
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--clips", type=int, default=24, help="clips per round")
+  parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--datasets", default="paper,embedded")
+  parser.add_argument("--work_dir", default=None, help="where the records are built (kept)")
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args()
+  from data_pipelines import bench
+  work = args.work_dir or tempfile.mkdtemp(prefix="input_bench_")
+  result = bench.run(work, args.datasets.split(","), args.clips, args.rounds)
+  if args.out:
+    with open(args.out, "w") as fh:
+      json.dump(result, fh, indent=1)
+
+
+if __name__ == "__main__":
+  main()
