@@ -208,8 +208,7 @@ class Deform3DTransformer(nn.Module):
       rates = noise = None
       if not deterministic and self.drop_path > 0:
         # Each block's rate, and the stage's drop-path draws made here, outside the loop.
-        rates = jnp.asarray([self.drop_path * i / max(self.depth - 1, 1) for i in blocks],
-                            jnp.float32)
+        rates = jnp.asarray([self.block_kwargs(i)["drop_path"] for i in blocks], jnp.float32)
         noise = jax.random.uniform(self.make_rng("dropout"),
                                    (len(blocks), len(RESIDUALS), batch))
       plans = jnp.asarray(joint_plans(num_joints, self.joint_window,
