@@ -63,6 +63,7 @@ def get_config(arg=None):
   c.model.fast = True    # speed rewrites (deform3d/models/fast.py): same parameters and function
   c.model.remat = False  # recompute each block's activations in the backward pass (less memory)
   c.model.sampler_backward = "auto"  # sampler gradient by backend (ops/sampling.py)
+  c.model.attention_kernel = "xla"  # "pallas": fused bias + softmax kernel; "auto": pallas on GPU
   c.model.dtype = "float32"
 
   c.batch_size = 32  # global batch, split over devices and processes

@@ -48,6 +48,7 @@ def get_config(arg=None):
   c.model.fast = True
   c.model.remat = False  # True trades recompute for memory (docs/model.md)
   c.model.sampler_backward = "auto"  # sampler gradient by backend (ops/sampling.py)
+  c.model.attention_kernel = "xla"  # "pallas": fused bias + softmax kernel; "auto": pallas on GPU
   c.model.dtype = "bfloat16"
 
   c.batch_size = 64  # global

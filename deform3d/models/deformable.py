@@ -99,7 +99,14 @@ class DeformableAttention3D(nn.Module):
       ctx = jnp.broadcast_to(context_pos[:, None].astype(jnp.float32),
                              (b, g) + context_pos.shape[1:])
       key_pos = jnp.concatenate([points, ctx], axis=2)
-    bias = self.rel_pos_bias(query_pos.astype(jnp.float32), key_pos)        # (B, heads, Q, Nk)
+    return self.attend_keys(queries, query_pos.astype(jnp.float32), keys, key_pos,
+                            pool_queries, deterministic)
+
+  def attend_keys(self, queries, query_pos, keys, key_pos, pool_queries: int,
+                  deterministic: bool):
+    """The position bias ``(B, heads, Q, Nk)`` and the attention over ``keys`` (``fast.py``'s
+    fused form computes the bias inside its kernel instead)."""
+    bias = self.rel_pos_bias(query_pos, key_pos)
     return self.attend(queries, keys, bias, pool_queries, deterministic)
 
   def offsets(self, volume):

@@ -72,6 +72,8 @@ def attention_maps(model: Deform3DTransformer, variables, frames, keypoints):
   """
   if model.scan:  # per-block maps come from the loop over the same parameters
     model = model.clone(scan=False, merge_in_block=model.merges_in_block)
+  if model.attention_kernel != "xla":  # the fused kernel never materializes its weights
+    model = model.clone(attention_kernel="xla")
   variables = convert.for_model(variables, model)
   logits, state = _apply_with_intermediates(model, variables, frames, keypoints)
   flat = flax.traverse_util.flatten_dict(state["intermediates"], sep="/")

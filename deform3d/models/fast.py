@@ -16,6 +16,10 @@ docs/performance.md has the measurements behind each one.
   (one ``(k * C, C)`` matmul on patches; the projected volume is never stored); the
   relative-position MLP's second layer written as a sum over its hidden units, so the
   ``(B, G, Q, Nk, hidden)`` tensor is never stored; pooled queries inside the attention.
+* ``FusedDeformableAttention3D`` (``attention_kernel="pallas"``): the position bias, logits and
+  softmax inside one Pallas kernel (``ops/fused_attention.py``), so no ``(B, heads, Q, Nk)``
+  array is stored in the forward or the backward pass. It sows no attention weights
+  (``attention_maps`` runs the XLA form).
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from deform3d.models.blocks import Block, PooledBlock
 from deform3d.models.stride_attention import (JointStrideAttention, TemporalStrideAttention,
                                               group_mean, joint_groups)
 from deform3d.ops.batched_matmul import matmul_nn, matmul_nt
+from deform3d.ops.fused_attention import deformable_attention
 
 Dtype = Any
 
@@ -164,6 +169,47 @@ class FastDeformableAttention3D(DeformableAttention3D):
     return out
 
 
+class FusedMultiHeadAttention(MultiHeadAttention):
+  """``MultiHeadAttention`` (same parameters) whose additive bias is the deformable attention's
+  position MLP, computed inside the kernel of ``ops.fused_attention`` from ``query_hidden (B, Q,
+  hidden)``, ``key_hidden (B, G, Nk, hidden)`` and the per-head second-layer weight ``w2
+  (hidden, heads)``. Returns ``(output, None)``: the weights are never materialized."""
+
+  @nn.compact
+  def __call__(self, x_q, x_kv, *, query_hidden, key_hidden, w2, pool_queries: int = 1,
+               deterministic: bool = True):
+    if self.attn_dropout and not deterministic:
+      raise ValueError("attention_kernel='pallas' has no attention dropout: set "
+                       f"attn_dropout=0 (got {self.attn_dropout}) or attention_kernel='xla'")
+    q, k, v = (jnp.swapaxes(x, 1, 2) for x in self.project(x_q, x_kv))   # (B, H, L, D)
+    out = jnp.swapaxes(deformable_attention(q, k, v, query_hidden, key_hidden, w2), 1, 2)
+    if pool_queries > 1:
+      b, lq = out.shape[:2]
+      if lq % pool_queries:
+        raise ValueError(f"MultiHeadAttention: {lq} queries are not divisible by "
+                         f"pool_queries={pool_queries}")
+      out = out.astype(jnp.float32).reshape((b, lq // pool_queries, pool_queries) + out.shape[2:])
+      out = out.mean(axis=2).astype(self.dtype)
+    return self.output(out, deterministic), None
+
+
+class FusedDeformableAttention3D(FastDeformableAttention3D):
+  """``FastDeformableAttention3D`` whose bias and attention run in one fused kernel."""
+
+  def attend_keys(self, queries, query_pos, keys, key_pos, pool_queries: int,
+                  deterministic: bool):
+    g = key_pos.shape[1]
+    w1, b1 = _DenseParams(3, self.rel_pos_hidden, name="rpb_fc1")()
+    # rpb_fc2's bias adds one number to every key of a query's row: the softmax cancels it.
+    w2, _ = _DenseParams(self.rel_pos_hidden, self.num_heads // g, name="rpb_fc2")()
+    out, _ = FusedMultiHeadAttention(
+        self.num_heads, attn_dropout=self.attn_dropout, proj_dropout=self.proj_dropout,
+        dtype=self.dtype, name="attn")(
+            queries, keys, query_hidden=query_pos @ w1 + b1, key_hidden=key_pos @ w1,
+            w2=jnp.tile(w2, (1, g)), pool_queries=pool_queries, deterministic=deterministic)
+    return out
+
+
 class JointGroupLayout:
   """Token layout of the joint stride attention, for ``FastMultiHeadAttention(layout=...)``.
 
@@ -273,3 +319,11 @@ class FastPooledBlock(PooledBlock):
   Deformable = FastDeformableAttention3D
   JointAttention = FastJointStrideAttention
   TemporalAttention = FastTemporalStrideAttention
+
+
+class FusedBlock(FastBlock):
+  Deformable = FusedDeformableAttention3D
+
+
+class FusedPooledBlock(FastPooledBlock):
+  Deformable = FusedDeformableAttention3D

@@ -25,6 +25,7 @@ from deform3d.models.stride_attention import TemporalMerge, joint_plans, persons
 
 Dtype = Any
 DESIGNS = ("paper", "pooled")
+ATTENTION_KERNELS = ("xla", "pallas", "auto")
 
 # Model sizes: the only place these numbers live. A config names one (``model.variant``) and may
 # override single values; ``deform3d.models.build_model`` merges them. "paper" is our GPU-scale
@@ -106,6 +107,9 @@ class Deform3DTransformer(nn.Module):
   scan: bool = False
   merge_in_block: Optional[bool] = None  # None: not scan
   sampler_backward: str = "auto"
+  # The deformable attention's bias + softmax: "xla" (the modules' own ops), "pallas" (one fused
+  # kernel, ops/fused_attention.py; needs fast=True), "auto" (pallas on GPU, else xla).
+  attention_kernel: str = "xla"
   dtype: Dtype = jnp.float32
 
   def _check(self, frames, keypoints):
@@ -148,8 +152,23 @@ class Deform3DTransformer(nn.Module):
     by default ``not scan``)."""
     return (not self.scan) if self.merge_in_block is None else self.merge_in_block
 
+  @property
+  def fused_attention(self) -> bool:
+    """Whether the deformable attention runs as the fused Pallas kernel (``attention_kernel``)."""
+    if self.attention_kernel not in ATTENTION_KERNELS:
+      raise ValueError(f"Deform3DTransformer: attention_kernel must be one of "
+                       f"{ATTENTION_KERNELS}, got {self.attention_kernel!r}")
+    if self.attention_kernel == "auto":
+      return self.fast and jax.default_backend() == "gpu"
+    if self.attention_kernel == "pallas" and not self.fast:
+      raise ValueError("Deform3DTransformer: attention_kernel='pallas' is a rewrite of the fast "
+                       "modules: set fast=True")
+    return self.attention_kernel == "pallas"
+
   def block_class(self):
-    if self.fast:
+    if self.fused_attention:
+      cls = fast.FusedBlock if self.design == "paper" else fast.FusedPooledBlock
+    elif self.fast:
       cls = fast.FastBlock if self.design == "paper" else fast.FastPooledBlock
     else:
       cls = Block if self.design == "paper" else PooledBlock

@@ -58,7 +58,7 @@ def make_optimizer(config: ml_collections.ConfigDict):
 # Model settings that change how the model is computed, never its parameters or its function
 # (docs/model.md, "Options"): a checkpoint resumes under any value of them, also one written
 # before such a setting existed.
-COMPUTATION_ONLY = ("fast", "remat", "sampler_backward")
+COMPUTATION_ONLY = ("fast", "remat", "sampler_backward", "attention_kernel")
 # Settings that change the parameters' layout, not the function: a checkpoint of either layout
 # is converted on restore (``deform3d.models.convert``).
 LAYOUT_ONLY = ("scan",)
