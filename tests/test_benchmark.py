@@ -25,8 +25,9 @@ def test_sampler_benchmark_reports_all_implementations(monkeypatch):
 def test_model_benchmark_reports_jax_and_the_torch_reference():
   tiny = [s for s in benchmark.MODEL_SIZES if s[0] == "tiny"]  # configs/embedded.py:variant=tiny
   rows = benchmark.bench_model(repeats=1, sizes=tiny, dtypes=("float32",), jax_plain=True,
-                               torch_fast=True, log=lambda s: None)
-  assert [r["impl"] for r in rows] == ["jax", "jax plain", "torch", "torch fast"]
+                               torch_fast=True, jax_fused=True, batch=3, log=lambda s: None)
+  assert [r["impl"] for r in rows] == ["jax", "jax fused", "jax plain", "torch", "torch fast"]
+  assert {r["batch"] for r in rows} == {3}
   for r in rows:
     assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["clips_per_s_fwd_bwd"] > 0
     assert r["size"] == "tiny" and r["dtype"] == "float32" and r["minor_faults_per_step"] >= 0
@@ -35,9 +36,9 @@ def test_model_benchmark_reports_jax_and_the_torch_reference():
   assert rows[0]["compile_s"] > 0 and rows[0]["fwd_bwd_speedup_of_jax"] == 1.0
   for r in rows[1:]:
     assert abs(r["fwd_bwd_speedup_of_jax"] - r["fwd_bwd_ms"] / rows[0]["fwd_bwd_ms"]) < 1e-9
-  assert rows[1]["compile_s"] > 0  # the plain modules are their own program
-  assert rows[0]["xla_ops"] > 0 and rows[1]["xla_ops"] > 0 and "xla_ops" not in rows[2]
-  assert "xla_ops" not in rows[3]
+  assert rows[1]["compile_s"] > 0 and rows[2]["compile_s"] > 0  # programs of their own
+  assert all(r["xla_ops"] > 0 for r in rows[:3])
+  assert "xla_ops" not in rows[3] and "xla_ops" not in rows[4]
 
 
 @pytest.mark.slow
@@ -51,7 +52,7 @@ def test_paper_suite_writes_its_json(tmp_path):
   script = os.path.join(ROOT, "launch", "benchmark.py")
   proc = subprocess.run([sys.executable, script, "--suite", "paper", "--paper_spec",
                          "embedded:variant=tiny", "--batch", "2", "--repeats", "2",
-                         "--paper_rows", "float32/auto/fast", "--out", str(out)],
+                         "--paper_rows", "float32/auto/fused", "--out", str(out)],
                         capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(out.read_text())
@@ -61,7 +62,8 @@ def test_paper_suite_writes_its_json(tmp_path):
   assert "cpu_flags" in info or not os.path.exists("/proc/cpuinfo")
   (row,) = result["paper"]
   assert "error" not in row, row.get("error")
-  assert (row["dtype"], row["sampler_backward"], row["fast"]) == ("float32", "auto", True)
+  # "fused": the fast modules with the fused deformable attention.
+  assert (row["dtype"], row["sampler_backward"], row["fast"]) == ("float32", "auto", "fused")
   assert row["sampler_backward_resolved"] == "autodiff"
   step = row["step_ms"]
   assert 0 < step["min"] <= step["median"] <= step["max"]
@@ -102,6 +104,45 @@ def test_profile_module_key_reads_flax_paths_and_the_pass():
   # The model's own methods on the way (its block loop) are not modules.
   looped = fwd.replace("/block1/", "/Deform3DTransformer.run_blocks/block1/")
   assert step_profile.module_key(looped) == ("fwd", "block*/pose_layers/joint_attn")
+
+
+def test_profile_reads_a_gpu_trace_by_hlo_op():
+  """On a GPU the kernels run on the device's processes and name their HLO instruction in
+  ``args.hlo_op``; host-side spans (launches) must not be counted."""
+  events = [
+      {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+      {"ph": "M", "name": "process_name", "pid": 7, "args": {"name": "/device:GPU:0"}},
+      {"ph": "X", "pid": 1, "name": "cuLaunchKernel", "dur": 5.0},
+      {"ph": "X", "pid": 1, "name": "fusion.3", "dur": 9.0},
+      {"ph": "X", "pid": 7, "name": "loop_add_fusion", "dur": 3.0,
+       "args": {"hlo_op": "fusion.3", "hlo_module": "jit_step"}},
+      {"ph": "X", "pid": 7, "name": "sm90_gemm", "dur": 4.0, "args": {"hlo_op": "dot.1"}},
+  ]
+  assert step_profile.device_events(events) == [("fusion.3", 3.0), ("dot.1", 4.0)]
+  # XLA:CPU: no device process; the thunk events carry the instruction names.
+  cpu = [{"ph": "X", "pid": 1, "name": "fusion.3", "dur": 2.0}, {"ph": "i", "name": "x"}]
+  assert step_profile.device_events(cpu) == [("fusion.3", 2.0)]
+
+
+@pytest.mark.slow
+def test_accelerator_script_keeps_to_its_time(tmp_path):
+  """``launch/benchmark_accelerator.sh`` (the prepared device run) on CPU with the tiny model
+  and a 40 s budget: every phase is started or reported as not started, the whole call ends
+  within the budget (plus the kill grace), the environment is recorded."""
+  import time
+  env = dict(os.environ, BENCH_SIZE="tiny", BENCH_SPEC="embedded:variant=tiny",
+             BENCH_BATCHES="2 3")
+  t = time.perf_counter()
+  proc = subprocess.run(["bash", os.path.join(ROOT, "launch", "benchmark_accelerator.sh"),
+                         str(tmp_path), "40"], capture_output=True, text=True, env=env)
+  elapsed = time.perf_counter() - t
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert elapsed < 40 + 15
+  timeline = (tmp_path / "timeline.log").read_text().splitlines()
+  names = [line.split(":")[0] for line in timeline]
+  assert names == ["model", "paper16", "paper32", "profile_fused", "profile_fast", "total"]
+  assert "rc " in timeline[0]  # the first phase ran (and was cut: the tiny run takes minutes)
+  assert "jax" in (tmp_path / "env.log").read_text()
 
 
 @pytest.mark.slow
@@ -153,3 +194,34 @@ def test_model_stats_command_reports_the_config_model(tmp_path):
   assert row["params"] == sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
   assert row["gflops_per_clip"] > 0 and row["peak_mib"] > 0 and row["peak_mib_remat"] > 0
   assert f"| embedded:variant=tiny | paper | float32 | {row['params']:,} |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_traffic_table_of_the_tiny_model(tmp_path):
+  """``launch/model_stats.py --traffic``: each part of block 0 compiled alone (forward and
+  backward) with XLA's FLOPs and bytes; the parts nest (the block holds the deformable
+  attention, which holds its bias + attention); the fused core's bytes by construction are
+  below XLA's count for the materialized core; floors follow from the device figures."""
+  from deform3d.bench import traffic
+  out = tmp_path / "traffic.json"
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "model_stats.py"),
+                         "--traffic", "--configs", "embedded:variant=tiny", "--batch", "2",
+                         "--out", str(out)], capture_output=True, text=True, timeout=600,
+                        cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = {r["module"]: r for r in json.loads(out.read_text())["configs"]["embedded:variant=tiny"]}
+  for _, _, label in traffic.BLOCK_PARTS:
+    assert rows[label]["gflop"] > 0 and rows[label]["gb"] > 0, label
+  block, deform = rows["whole block"], rows["3D deformable attention (all)"]
+  core = rows["  its position bias + attention"]
+  assert block["gb"] > deform["gb"] > core["gb"] and block["gflop"] > deform["gflop"]
+  xla = rows["attention core, XLA (bias, logits, weights stored)"]
+  fused = rows["attention core, fused kernel (each array once)"]
+  tiles = rows["attention core, fused kernel (with tile re-reads)"]
+  assert fused["gb"] <= tiles["gb"] and fused["gb"] < xla["gb"]
+  assert fused["gflop"] > xla["gflop"]  # the backward kernels recompute the logits
+  rate, bandwidth = traffic.DEVICES["H100 SXM"]
+  floor = block["floors"]["H100 SXM"]["ms"]
+  assert floor == pytest.approx(max(block["gflop"] * 1e9 / rate, block["gb"] * 1e9 / bandwidth)
+                                * 1e3)
+  assert "| whole block |" in proc.stdout

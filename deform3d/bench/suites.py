@@ -17,8 +17,8 @@ Suites (``--suite model|sampler|all``, and ``paper``, ``profile``, ``matmul``):
   peak memory is its own: compile time, step time (min/median/max), forward time, peak memory,
   XLA's FLOP count and the FLOP/s reached. Rows stop being started after ``--budget_s``; the
   JSON is rewritten after every row. Meant for an accelerator: on CPU one row takes minutes.
-* ``profile`` (not in ``all``): where one fwd+bwd step's time goes on XLA:CPU
-  (``deform3d/bench/step_profile.py``): op time per model module and pass (forward/backward) and per
+* ``profile`` (not in ``all``): where one fwd+bwd step's time goes
+  (``deform3d/bench/step_profile.py``; XLA:CPU ops, or a GPU's kernels by their HLO op): op time per model module and pass (forward/backward) and per
   kind of op, the op count, the FLOP rate as a fraction of ``--reference_gflops`` (e.g. the
   ``matmul`` suite's square-product rate), the minor page faults of one step; ``--plot`` writes
   a PNG bar chart. The size is ``--sizes`` (one of ``MODEL_SIZES``, default embedded).
@@ -201,8 +201,10 @@ def paper_row(spec, batch, dtype, backward, fast, repeats):
   from deform3d.ops.sampling import resolve_backward
   from deform3d.train.trainer import make_optimizer
 
+  kind = {True: "fast", False: "plain"}.get(fast, fast)  # fast | plain | fused
   config = size_config(spec, {})
-  model = build_model({**config.model, "dtype": dtype, "fast": fast,
+  model = build_model({**config.model, "dtype": dtype, "fast": kind != "plain",
+                       "attention_kernel": "pallas" if kind == "fused" else "xla",
                        "sampler_backward": backward})
   frames, keypoints, labels = _model_inputs(model, batch, clip_shapes(config))
   device = jax.devices()[0]
@@ -291,8 +293,13 @@ def bench_paper(spec=PAPER_SPEC, batch=16, repeats=10, rows=PAPER_ROWS, budget_s
   return done
 
 
+def _kind(fast):
+  """A paper row's modules: ``fast``, ``plain`` or ``fused`` (fast + the fused attention)."""
+  return {True: "fast", False: "plain"}.get(fast, fast)
+
+
 def _paper_line(r):
-  name = f"{r['dtype']:9} {r['sampler_backward']:8} {'fast' if r['fast'] else 'plain':5}"
+  name = f"{r['dtype']:9} {r['sampler_backward']:8} {_kind(r['fast']):5}"
   if "error" in r:
     return f"{name} FAILED: {r['error'].splitlines()[-1] if r['error'] else '?'}"
   st, mem = r["step_ms"], r.get("peak_mem_mb")
@@ -407,13 +414,15 @@ def _torch_impls(model, params, data, dtype, torch_compile, torch_fast=False):
 
 
 def bench_model(repeats, sizes=None, dtypes=DTYPES, torch_compile=False, jax_plain=False,
-                torch_fast=False, log=print):
+                torch_fast=False, jax_fused=False, batch=None, log=print):
   """Rows of the full-model suite (one per size x dtype x implementation). For each size and
   dtype the implementations' steps are timed in alternation (``_paired_times``), then their
   peak memory one at a time. "jax" is the config's model (``fast=True``); with ``jax_plain``,
   "jax plain" is the same model and parameters with the plain modules (``fast=False``), the
   same program as "torch"; with ``torch_fast``, "torch fast" runs the reference with the same
-  rewrites as "jax" (``torch_reference``'s ``fast``)."""
+  rewrites as "jax" (``torch_reference``'s ``fast``); with ``jax_fused``, "jax fused" is "jax"
+  with the fused deformable attention (``attention_kernel="pallas"``). ``batch`` replaces the
+  sizes' own batch."""
   try:
     import torch  # noqa: F401
     from deform3d.bench import torch_reference  # noqa: F401
@@ -421,12 +430,17 @@ def bench_model(repeats, sizes=None, dtypes=DTYPES, torch_compile=False, jax_pla
   except ImportError:
     with_torch = False
   rows = []
+  batch_override = batch
   for name, spec, overrides, batch in sizes or [s for s in MODEL_SIZES
                                                 if s[0] in DEFAULT_SIZES]:
     config = size_config(spec, overrides)
+    batch = batch_override or batch
     for dtype in dtypes:
       model, params, data, label = _build(config, dtype, batch)
       impls = [_jax_impl(model, params, data)]
+      if jax_fused:
+        impls.append(_jax_impl(model.clone(attention_kernel="pallas"), params, data,
+                               "jax fused"))
       if jax_plain:
         impls.append(_jax_impl(model.clone(fast=False), params, data, "jax plain"))
       if with_torch:
@@ -456,21 +470,23 @@ def bench_model(repeats, sizes=None, dtypes=DTYPES, torch_compile=False, jax_pla
   return rows
 
 
-def profile_suite(size, dtype, plain=False, reference_gflops=None, plot=None, log=print):
+def profile_suite(size, dtype, plain=False, reference_gflops=None, plot=None, fused=False,
+                  batch=None, log=print):
   """``--suite profile``: ``step_profile.profile_step`` of one ``MODEL_SIZES`` entry."""
   known = {s[0]: s for s in MODEL_SIZES}
   if size not in known:
     raise SystemExit(f"--sizes {size!r}: --suite profile takes one of {sorted(known)}")
-  if jax.devices()[0].platform != "cpu":
-    raise SystemExit("--suite profile reads XLA:CPU's per-op trace; on an accelerator use "
-                     "jax.profiler with TensorBoard/XProf")
-  _, spec, overrides, batch = known[size]
+  _, spec, overrides, default_batch = known[size]
+  batch = batch or default_batch
   model, params, data, label = _build(size_config(spec, overrides), dtype, batch)
   if plain:
     model = model.clone(fast=False)
+  if fused:
+    model = model.clone(attention_kernel="pallas")
   result = step_profile.profile_step(model, params, data, reference_gflops=reference_gflops)
-  result.update(size=size, label=f"{size} {label} {'plain' if plain else 'fast'}",
-                title=f"{size} {label}, {'plain' if plain else 'fast'} modules, "
+  kind = "plain" if plain else "fused" if fused else "fast"
+  result.update(size=size, label=f"{size} {label} {kind}",
+                title=f"{size} {label}, {kind} modules, "
                       f"{jax.devices()[0].device_kind}, {len(os.sched_getaffinity(0))} threads")
   step_profile.print_profile(result, log=log)
   if plot:
@@ -530,7 +546,8 @@ def main():
   parser.add_argument("--batch", type=int, default=16, help="--suite paper: the batch")
   parser.add_argument("--paper_spec", default=PAPER_SPEC, help="--suite paper: the config")
   parser.add_argument("--paper_rows", default=None,
-                      help="--suite paper: DTYPE/BACKWARD/fast|plain,... (default: PAPER_ROWS)")
+                      help="--suite paper: DTYPE/BACKWARD/fast|plain|fused,... (default: PAPER_ROWS; "
+                           "fused: fast with attention_kernel=pallas)")
   parser.add_argument("--budget_s", type=float, default=None,
                       help="--suite paper: after the first row, start none after this many s")
   parser.add_argument("--repeats", type=int, default=10)
@@ -543,6 +560,11 @@ def main():
   parser.add_argument("--jax_plain", action="store_true",
                       help="also time the JAX model with the plain modules (model.fast=False), "
                            "the program the torch reference computes")
+  parser.add_argument("--jax_fused", action="store_true",
+                      help="--suite model: also time the JAX model with the fused deformable "
+                           "attention (attention_kernel=pallas)")
+  parser.add_argument("--model_batch", type=int, default=None,
+                      help="--suite model/profile: the batch instead of each size's own")
   parser.add_argument("--torch_fast", action="store_true",
                       help="also time the torch reference with fast.py's rewrites (the program "
                            "the default JAX model computes)")
@@ -552,6 +574,9 @@ def main():
                       help="--suite profile: the FLOP rate to report the step's as a fraction of")
   parser.add_argument("--plain", action="store_true",
                       help="--suite profile: the plain modules (model.fast=False)")
+  parser.add_argument("--fused", action="store_true",
+                      help="--suite profile: the fused deformable attention (attention_kernel="
+                           "pallas)")
   args = parser.parse_args()
   info = {"device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
           "jax": jax.__version__, "python": platform.python_version(), **machine_info()}
@@ -573,7 +598,8 @@ def main():
         parser.error(f"--sizes {bad} unknown; choose from {sorted(known)}")
       sizes = [known[n] for n in args.sizes.split(",")]
     result["model"] = bench_model(args.repeats, sizes, args.dtypes.split(","),
-                                  args.torch_compile, args.jax_plain, args.torch_fast)
+                                  args.torch_compile, args.jax_plain, args.torch_fast,
+                                  args.jax_fused, args.model_batch)
     print_model_table(result["model"])
   if args.suite in ("all", "sampler"):
     result["sampler"] = bench_sampler(args.repeats)
@@ -582,16 +608,17 @@ def main():
     result["matmul"] = bench_matmul(args.repeats)
   if args.suite == "profile":
     result["profile"] = profile_suite(args.sizes or "embedded", args.dtypes.split(",")[0],
-                                      args.plain, args.reference_gflops, args.plot)
+                                      args.plain, args.reference_gflops, args.plot,
+                                      args.fused, args.model_batch)
   if args.suite == "paper":
     rows = PAPER_ROWS
     if args.paper_rows:
       rows = []
       for item in args.paper_rows.split(","):
         dtype, backward, kind = item.split("/")
-        if kind not in ("fast", "plain"):
-          parser.error(f"--paper_rows {item!r}: the third field must be fast or plain")
-        rows.append((dtype, backward, kind == "fast"))
+        if kind not in ("fast", "plain", "fused"):
+          parser.error(f"--paper_rows {item!r}: the third field must be fast, plain or fused")
+        rows.append((dtype, backward, {"fast": True, "plain": False}.get(kind, kind)))
     def on_row(done):
       result["paper"] = done
       _write(args.out, result)
