@@ -125,16 +125,16 @@ def core_sizes(q_shape, n_k, groups, hidden=8):
           (b, groups, n_k, hidden), (hidden, h))
 
 
-def core_cost_xla(q_shape, n_k, groups, dtype):
-  """The materialized core (``fused_attention.reference``: bias, logits and weights stored),
-  forward + backward, by XLA's cost analysis."""
+def core_cost_xla(q_shape, n_k, groups, dtype, bias_dtype=jnp.float32):
+  """The materialized core (``fused_attention.reference``: bias, logits and weights stored,
+  the bias rounded to ``bias_dtype``), forward + backward, by XLA's cost analysis."""
   from deform3d.ops import fused_attention
   shapes = core_sizes(q_shape, n_k, groups)
   dtypes = (dtype, dtype, dtype, jnp.float32, jnp.float32, jnp.float32)
   args = [jax.ShapeDtypeStruct(s, t) for s, t in zip(shapes, dtypes)]
 
   def fwd_bwd(*a):
-    out, vjp = jax.vjp(fused_attention.reference, *a)
+    out, vjp = jax.vjp(lambda *x: fused_attention.reference(*x, bias_dtype=bias_dtype), *a)
     return vjp(out)
   return _cost(fwd_bwd, *args)
 
@@ -196,6 +196,11 @@ def traffic_table(model, frames, keypoints, log=print):
     rows.append({"module": "attention core, XLA (bias, logits, weights stored)",
                  "path": "ops.fused_attention.reference", "method": "-", **xla})
     log(_line(rows[-1]))
+    if module.dtype != jnp.float32:  # an XLA-only cut: the bias stored in the compute dtype
+      rows.append({"module": f"attention core, XLA, bias in {jnp.dtype(module.dtype).name}",
+                   "path": "ops.fused_attention.reference", "method": "-",
+                   **core_cost_xla(shape, n_k, groups, module.dtype, module.dtype)})
+      log(_line(rows[-1]))
     fused = core_bytes_fused(shape, n_k, groups, module.dtype)
     # The backward kernels each recompute the logits and the bias (2 Q Nk D + 3 hidden Q Nk
     # per head).

@@ -278,14 +278,15 @@ def deformable_attention(q, k, v, query_hidden, key_hidden, w2, *, block_q: int 
   return out[:, :, :n_q]
 
 
-def reference(q, k, v, query_hidden, key_hidden, w2):
+def reference(q, k, v, query_hidden, key_hidden, w2, bias_dtype=jnp.float32):
   """The same function, materialized (the bias, logits and weights ``(B, H, Q, Nk)``): for tests
-  and for the traffic comparison."""
+  and for the traffic comparison. ``bias_dtype``: the dtype the bias is rounded to (an XLA-only
+  traffic cut measured in docs/performance.md; float32 is the model's)."""
   b, h, n_q, d = q.shape
   groups = key_hidden.shape[1]
   rel = jax.nn.relu(query_hidden[:, None, :, None, :] - key_hidden[:, :, None, :, :])
   w = w2.reshape(w2.shape[0], groups, h // groups)
-  bias = jnp.einsum("bgqkj,jgi->bgiqk", rel, w).reshape(b, h, n_q, -1)
+  bias = jnp.einsum("bgqkj,jgi->bgiqk", rel, w).reshape(b, h, n_q, -1).astype(bias_dtype)
   logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * d ** -0.5
-  weights = jax.nn.softmax(logits + bias, axis=-1)
+  weights = jax.nn.softmax(logits + bias.astype(jnp.float32), axis=-1)
   return jnp.einsum("bhqk,bhkd->bhqd", weights.astype(v.dtype), v).astype(q.dtype)
