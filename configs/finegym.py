@@ -28,6 +28,7 @@ def get_config(arg=None):
   c.dataset.crop_scale = (0.7, 1.0)  # random square crop, fraction of the short side
   c.dataset.shuffle_buffer = 4096
   c.dataset.cache = False            # too large for memory
+  c.dataset.frames_dtype = "uint8"  # pixels to the device, normalized in the jitted step
 
   c.num_frames = 32
   c.image_size = 224

@@ -11,16 +11,18 @@ line; this module is the harness). Two datasets:
   ``configs/embedded.py`` does.
 
 ``clips_per_s`` runs ``make_dataset`` (batch 1, ``AUTOTUNE`` parallelism) over ``--clips`` clips
-per round after one warm-up round; the process's CPU affinity sets the cores it may use
+per round, each round a fresh pipeline after ``--clips`` warm-up clips; the process's CPU affinity sets the cores it may use
 (``taskset -c 0`` for one). ``stages`` times, one call after another, one ``tf.function`` per stage prefix
 on the same records: parse the record; + decode the sampled frames; + crop and resize; the whole
-``_process`` (flip, keypoints, normalization). The differences are the stages' costs per clip.
-Also per clip: ``read`` (the training record stream alone: files, shuffle and the Python
-generator that keeps the stream a function of ``(seed, position)``) and ``to_numpy`` (copying a
-clip's float32 frames out of TensorFlow).
+``_process`` (flip, keypoints, and normalization or rounding to uint8). The differences are the
+stages' costs per clip. Also per clip: ``read`` (the training record stream alone: files,
+shuffle and the Python generator that keeps the stream a function of ``(seed, position)``) and
+``to_numpy`` (copying a clip's frames out of TensorFlow). ``frames_dtypes=("uint8", "float32")``
+measures the configs' uint8 frames beside the earlier float32 ones, rounds alternated.
 """
 from __future__ import annotations
 
+import gc
 import os
 import statistics
 import time
@@ -39,9 +41,9 @@ SAMPLE = os.path.join(ROOT, "tests", "data", "ntu_sample.avi")
 # How each dataset is read (the configs' values).
 SETTINGS = {
     "paper": dict(num_frames=32, image_size=224, layout="ntu25", max_persons=2,
-                  crop_scale=(0.7, 1.0)),
+                  crop_scale=(0.7, 1.0), frames_dtype="uint8"),
     "embedded": dict(num_frames=8, image_size=48, layout="coco17", max_persons=2,
-                     crop_scale=(0.8, 1.0)),
+                     crop_scale=(0.8, 1.0), frames_dtype="uint8"),
 }
 
 
@@ -66,38 +68,49 @@ def build_embedded_records(out_dir: str, clips: int = 64) -> str:
   return out_dir
 
 
-def _dataset(data_dir: str, name: str, seed: int = 0) -> tf.data.Dataset:
+def _dataset(data_dir: str, name: str, seed: int = 0, frames_dtype=None) -> tf.data.Dataset:
   s = SETTINGS[name]
   joints = LAYOUTS[s["layout"]]
   return input_pipeline.make_dataset(
       data_dir, "train", num_frames=s["num_frames"], image_size=s["image_size"],
       num_joints=len(joints), batch_size=1, train=True, seed=seed,
       flip_perm=flip_permutation(joints), crop_scale=s["crop_scale"], cache=False,
-      max_persons=s["max_persons"], shuffle_buffer=16)
+      max_persons=s["max_persons"], shuffle_buffer=16,
+      frames_dtype=frames_dtype or s["frames_dtype"])
 
 
 def clips_per_s(data_dir: str, name: str, clips: int = 24, rounds: int = 3,
-                log: Callable[[str], None] = print) -> dict:
+                log: Callable[[str], None] = print, frames_dtypes=None) -> dict:
   """Clips/s of the training pipeline over ``rounds`` rounds of ``clips`` clips (after a
-  warm-up round), with the cores this process may use."""
-  it = iter(_dataset(data_dir, name).as_numpy_iterator())
-  for _ in range(clips):  # warm-up: threads started, files open, autotuning begun
-    next(it)
-  rates = []
+  warm-up round), with the cores this process may use. With several ``frames_dtypes`` (e.g.
+  ``("uint8", "float32")``) one pipeline each, their rounds alternated; the row is the first
+  one's, with ``by_frames_dtype`` giving each one's rates."""
+  dtypes = tuple(frames_dtypes or (SETTINGS[name]["frames_dtype"],))
+  datasets = {d: _dataset(data_dir, name, frames_dtype=d) for d in dtypes}
+  rates = {d: [] for d in dtypes}
   for r in range(rounds):
-    t = time.perf_counter()
-    for _ in range(clips):
-      next(it)
-    rates.append(clips / (time.perf_counter() - t))
-    log(f"{name}: round {r + 1}/{rounds}: {rates[-1]:.2f} clips/s")
+    for d, ds in datasets.items():
+      # A fresh pipeline per round, so that no pipeline works ahead while another is timed.
+      it = iter(ds.as_numpy_iterator())
+      for _ in range(clips):  # warm-up: threads started, files open, autotuning begun
+        next(it)
+      t = time.perf_counter()
+      for _ in range(clips):
+        next(it)
+      rates[d].append(clips / (time.perf_counter() - t))
+      del it
+      gc.collect()
+      log(f"{name} ({d} frames): round {r + 1}/{rounds}: {rates[d][-1]:.2f} clips/s")
+  summary = {d: {"clips_per_s": v, "median": statistics.median(v), "min": min(v),
+                 "max": max(v)} for d, v in rates.items()}
   return {"dataset": name, "cores": len(os.sched_getaffinity(0)), "clips_per_round": clips,
-          "clips_per_s": rates, "median": statistics.median(rates), "min": min(rates),
-          "max": max(rates)}
+          "frames_dtype": dtypes[0], **summary[dtypes[0]], "by_frames_dtype": summary}
 
 
-def stages(data_dir: str, name: str, clips: int = 8) -> dict:
+def stages(data_dir: str, name: str, clips: int = 8, frames_dtype=None) -> dict:
   """Milliseconds per clip of each stage prefix, in one thread (see the module docstring)."""
   s = SETTINGS[name]
+  frames_dtype = frames_dtype or s["frames_dtype"]
   num_joints = len(LAYOUTS[s["layout"]])
   files = input_pipeline.split_files(data_dir, "train")
   serialized = list(tf.data.TFRecordDataset(files).take(clips))
@@ -131,7 +144,7 @@ def stages(data_dir: str, name: str, clips: int = 8) -> dict:
         raw, tf.constant(0, tf.int64), num_frames=t_frames, image_size=size_out,
         num_joints=num_joints, train=True, num_clips=1, seed=0,
         flip_perm=list(range(num_joints)), crop_scale=s["crop_scale"],
-        max_persons=s["max_persons"])["frames"]
+        max_persons=s["max_persons"], frames_dtype=frames_dtype)["frames"]
 
   out = {}
   # Reading: the training record stream alone (files, shuffle, the exact-resume generator).
@@ -143,8 +156,8 @@ def stages(data_dir: str, name: str, clips: int = 8) -> dict:
   for _ in range(4 * clips):
     next(stream)
   out["read"] = (time.perf_counter() - t) / (4 * clips) * 1e3
-  # The batch as the trainer gets it: float32 frames copied out of TensorFlow.
-  one = next(iter(_dataset(data_dir, name).take(1)))
+  # The batch as the trainer gets it: the frames copied out of TensorFlow.
+  one = next(iter(_dataset(data_dir, name, frames_dtype=frames_dtype).take(1)))
   t = time.perf_counter()
   for _ in range(clips):
     np.array(one["frames"])
@@ -167,17 +180,24 @@ def stages(data_dir: str, name: str, clips: int = 8) -> dict:
 
 
 def run(work_dir: str, datasets=("paper", "embedded"), clips: int = 24, rounds: int = 3,
-        log: Callable[[str], None] = print) -> dict:
-  """Builds the records under ``work_dir`` (once) and measures each dataset."""
+        log: Callable[[str], None] = print, frames_dtypes=None) -> dict:
+  """Builds the records under ``work_dir`` (once) and measures each dataset (each of
+  ``frames_dtypes`` alternated; default: the configs' own)."""
   result = {}
   for name in datasets:
     data_dir = os.path.join(work_dir, name)
     if not os.path.exists(os.path.join(data_dir, "train.json")):
       (build_paper_records if name == "paper" else build_embedded_records)(data_dir)
-    row = clips_per_s(data_dir, name, clips, rounds, log)
-    row["stages_ms_per_clip"] = stages(data_dir, name)
-    log(f"{name}: {row['median']:.2f} clips/s (min {row['min']:.2f}, max {row['max']:.2f}) on "
-        f"{row['cores']} core(s); per clip: " + ", ".join(
-            f"{k} {v:.1f} ms" for k, v in row["stages_ms_per_clip"].items()))
+    row = clips_per_s(data_dir, name, clips, rounds, log, frames_dtypes)
+    row["stages_ms_per_clip"] = stages(data_dir, name, frames_dtype=row["frames_dtype"])
+    for d, r in row["by_frames_dtype"].items():
+      log(f"{name} ({d} frames): {r['median']:.2f} clips/s (min {r['min']:.2f}, max "
+          f"{r['max']:.2f}) on {row['cores']} core(s)")
+      if d != row["frames_dtype"]:
+        r["stages_ms_per_clip"] = stages(data_dir, name, frames_dtype=d)
+      else:
+        r["stages_ms_per_clip"] = row["stages_ms_per_clip"]
+      log(f"{name} ({d} frames) per clip: " + ", ".join(
+          f"{k} {v:.1f} ms" for k, v in r["stages_ms_per_clip"].items()))
     result[name] = row
   return result

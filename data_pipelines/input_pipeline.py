@@ -4,7 +4,8 @@ Per example: choose ``T`` frame indices by uniform temporal sampling (train: a r
 each of ``T`` equal segments; eval: ``num_clips`` evenly offset clips), decode only those JPEGs,
 crop (train: random square of ``crop_scale`` x the short side; eval: centre square), resize to
 ``image_size``, horizontally flip with probability 1/2 in training (which also negates ``x`` and
-swaps left/right joints of every person), and normalize. Keypoints come out as ``(T, J, 3)`` =
+swaps left/right joints of every person), and normalize (or, ``frames_dtype="uint8"``, leave
+the normalizing to the jitted step). Keypoints come out as ``(T, J, 3)`` =
 ``(x, y, score)`` (``max_persons=1``: the record's first person) or ``(P, T, J, 3)`` for
 ``max_persons=P > 1`` (the record's first ``P`` persons, padded with all-zero persons), with
 ``x, y`` in ``[-1, 1]`` relative to the crop (``align_corners=False`` convention); joints with
@@ -27,17 +28,21 @@ import numpy as np
 import tensorflow as tf
 
 from data_pipelines import records
+from deform3d.pixels import MEAN, STD  # noqa: F401 (re-export)
 
 # The input pipeline runs on the host: keep TensorFlow off any accelerator JAX will use.
 tf.config.set_visible_devices([], "GPU")
 
-MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
-STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+FRAME_DTYPES = ("uint8", "float32")
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
-  """Normalized model frames ``(..., 3)`` back to uint8 pixels (for figures)."""
-  return np.clip(np.asarray(frames) * STD + MEAN, 0, 255).astype(np.uint8)
+  """Normalized model frames ``(..., 3)`` back to uint8 pixels (for figures); uint8 frames are
+  pixels already."""
+  frames = np.asarray(frames)
+  if frames.dtype == np.uint8:
+    return frames
+  return np.clip(frames * STD + MEAN, 0, 255).astype(np.uint8)
 
 _FEATURES = records.parse_spec()
 
@@ -66,7 +71,7 @@ def frame_indices(num_available, num_frames: int, offsets):
 
 
 def _process(example, index, *, num_frames, image_size, num_joints, train, num_clips, seed,
-             flip_perm, crop_scale, num_classes=None, max_persons=1):
+             flip_perm, crop_scale, num_classes=None, max_persons=1, frames_dtype="float32"):
   ex = tf.io.parse_single_example(example, _FEATURES)
   jpegs = tf.sparse.to_dense(ex["video/frames"])
   n = tf.shape(jpegs)[0]
@@ -139,7 +144,12 @@ def _process(example, index, *, num_frames, image_size, num_joints, train, num_c
     sc = tf.where(flip, tf.gather(sc, perm, axis=2), sc)
   present = tf.cast(sc > 0, tf.float32)
   keypoints = tf.stack([x * present, y * present, sc], axis=-1)
-  frames = (frames - MEAN) / STD
+  if frames_dtype == "uint8":
+    # The resize's pixels rounded to the nearest level (the antialiasing filter's weights are
+    # non-negative and sum to 1, so they stay in [0, 255]); normalized in the jitted step.
+    frames = tf.cast(tf.round(tf.clip_by_value(frames, 0.0, 255.0)), tf.uint8)
+  else:
+    frames = (frames - MEAN) / STD
   frames = tf.reshape(frames, [k, num_frames, image_size, image_size, 3])
   keypoints = tf.reshape(keypoints, [max_persons, k, num_frames, num_joints, 3])
   keypoints = keypoints[0] if max_persons == 1 else tf.transpose(keypoints, [1, 0, 2, 3, 4])
@@ -253,14 +263,21 @@ def make_dataset(data_dir: str, split: str, *, num_frames: int, image_size: int,
                  flip_perm: Optional[Sequence[int]] = None, crop_scale=(0.7, 1.0),
                  process_index: int = 0, process_count: int = 1, shuffle_buffer: int = 1024,
                  cache: bool = True, start_position: int = 0,
-                 num_classes: Optional[int] = None, max_persons: int = 1) -> tf.data.Dataset:
+                 num_classes: Optional[int] = None, max_persons: int = 1,
+                 frames_dtype: str = "float32") -> tf.data.Dataset:
   """Batched ``tf.data.Dataset`` for one process.
 
   ``batch_size`` is the per-process batch. Training data repeat forever; the stream is a pure
   function of ``(seed, position)``, and ``start_position`` (= step x per-process batch) starts it
   where an uninterrupted run would be at that step (exact resume). Evaluation data is finite,
   unshuffled, and its last batch may be smaller. ``max_persons``: see the module docstring.
+  ``frames_dtype``: ``"float32"``, normalized frames; ``"uint8"``, the same frames as pixels
+  rounded to the nearest level (at most half a level, 0.5 / STD after normalizing, from the
+  float32 frames), for ``deform3d.pixels.normalize_frames`` in the jitted step.
   """
+  if frames_dtype not in FRAME_DTYPES:
+    raise ValueError(f"make_dataset: frames_dtype must be one of {FRAME_DTYPES}, got "
+                     f"{frames_dtype!r}")
   if max_persons < 1:
     raise ValueError(f"make_dataset: max_persons must be >= 1, got {max_persons}")
   files = split_files(data_dir, split)
@@ -280,7 +297,8 @@ def make_dataset(data_dir: str, split: str, *, num_frames: int, image_size: int,
   fn = lambda i, ex: _process(ex, i, num_frames=num_frames, image_size=image_size,
                               num_joints=num_joints, train=train, num_clips=num_clips,
                               seed=seed, flip_perm=list(flip_perm), crop_scale=crop_scale,
-                              num_classes=num_classes, max_persons=max_persons)
+                              num_classes=num_classes, max_persons=max_persons,
+                              frames_dtype=frames_dtype)
   ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(batch_size, drop_remainder=train)
   return ds.prefetch(tf.data.AUTOTUNE)

@@ -19,7 +19,8 @@ def _common(config):
               num_joints=len(LAYOUTS[layout]), batch_size=config.batch_size // pc,
               process_index=jax.process_index(), process_count=pc,
               cache=config.dataset.cache, num_classes=config.model.num_classes,
-              max_persons=config.dataset.get("max_persons", 1)), \
+              max_persons=config.dataset.get("max_persons", 1),
+              frames_dtype=config.dataset.get("frames_dtype", "uint8")), \
       flip_permutation(LAYOUTS[layout])
 
 

@@ -1,5 +1,5 @@
 """Input-pipeline benchmark: ``python launch/input_benchmark.py [--clips 24] [--rounds 3]
-[--datasets paper,embedded] [--work_dir DIR] [--out input.json]``; ``taskset -c 0`` in front
+[--datasets paper,embedded] [--frames_dtypes uint8,float32] [--work_dir DIR] [--out input.json]``; ``taskset -c 0`` in front
 measures one core. The harness is ``data_pipelines/bench.py`` (its docstring says what is run).
 """
 import argparse
@@ -18,11 +18,16 @@ def main():
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--datasets", default="paper,embedded")
   parser.add_argument("--work_dir", default=None, help="where the records are built (kept)")
+  parser.add_argument("--frames_dtypes", default=None,
+                      help="e.g. uint8,float32: each one's pipeline, rounds alternated "
+                           "(default: the configs' uint8)")
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
   from data_pipelines import bench
   work = args.work_dir or tempfile.mkdtemp(prefix="input_bench_")
-  result = bench.run(work, args.datasets.split(","), args.clips, args.rounds)
+  dtypes = args.frames_dtypes.split(",") if args.frames_dtypes else None
+  result = bench.run(work, args.datasets.split(","), args.clips, args.rounds,
+                     frames_dtypes=dtypes)
   if args.out:
     with open(args.out, "w") as fh:
       json.dump(result, fh, indent=1)

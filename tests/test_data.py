@@ -9,6 +9,7 @@ tf = pytest.importorskip("tensorflow")
 
 from data_pipelines import embedded, input_pipeline, records  # noqa: E402
 from data_pipelines.skeletons import COCO17, flip_permutation  # noqa: E402
+from deform3d.pixels import normalize_frames  # noqa: E402
 
 J = len(COCO17)
 PERM = flip_permutation(COCO17)
@@ -482,15 +483,48 @@ def test_random_crops_of_non_square_frames_keep_each_frame_with_its_keypoints(tm
   assert max(o[0] for o in offsets) > 5 and max(o[1] for o in offsets) > 5  # offsets not 0
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_uint8_frames_are_the_float_frames_rounded(tmp_path, train):
+  """``frames_dtype="uint8"`` (what the configs use): the same clips as the float32 frames,
+  per element, up to rounding to the nearest pixel level; keypoints, labels and ids identical;
+  ``normalize_frames`` (the model's first step) gives the float32 frames back within half a
+  level. Random crops of non-square frames that differ per index, flips, and evaluation clips."""
+  samples = [_marker_sample(i) for i in range(5)]
+  records.write_split(str(tmp_path), "train", (s for s, _ in samples), num_shards=1,
+                      num_classes=3, num_joints=J)
+  kw = dict(num_frames=4, image_size=20, num_joints=J, batch_size=5, train=train, seed=3,
+            flip_perm=PERM, crop_scale=(0.5, 0.8), cache=False, num_clips=2)
+  as_float = next(input_pipeline.iterate(input_pipeline.make_dataset(str(tmp_path), "train",
+                                                                     **kw)))
+  as_uint8 = next(input_pipeline.iterate(input_pipeline.make_dataset(
+      str(tmp_path), "train", frames_dtype="uint8", **kw)))
+  assert as_uint8["frames"].dtype == np.uint8 and as_float["frames"].dtype == np.float32
+  for key in ("keypoints", "label", "id"):
+    np.testing.assert_array_equal(as_uint8[key], as_float[key])
+  pixels = as_float["frames"] * input_pipeline.STD + input_pipeline.MEAN
+  err = np.abs(as_uint8["frames"].astype(np.float32) - pixels)
+  assert err.max() <= 0.5 + 1e-3, err.max()
+  assert (err > 0.1).mean() > 0.1  # the resize's values are not whole levels: rounding happened
+  normalized = normalize_frames(as_uint8["frames"])
+  assert normalized.dtype == np.float32
+  assert np.abs(normalized - as_float["frames"]).max() <= (0.5 + 1e-3) / input_pipeline.STD.min()
+  np.testing.assert_array_equal(input_pipeline.to_uint8(as_uint8["frames"]), as_uint8["frames"])
+  with pytest.raises(ValueError, match="frames_dtype must be one of"):
+    input_pipeline.make_dataset(str(tmp_path), "train", frames_dtype="float16", **kw)
+
+
 def test_input_benchmark_reports_rates_and_stages(tmp_path):
   """``launch/input_benchmark.py``'s harness on the embedded data: clips/s per round and the
   per-clip time of each stage prefix, each prefix no cheaper than the one before."""
   from data_pipelines import bench
   result = bench.run(str(tmp_path), datasets=("embedded",), clips=4, rounds=2,
-                     log=lambda s: None)
+                     log=lambda s: None, frames_dtypes=("uint8", "float32"))
   row = result["embedded"]
+  assert row["frames_dtype"] == "uint8" and set(row["by_frames_dtype"]) == {"uint8", "float32"}
   assert len(row["clips_per_s"]) == 2 and row["min"] <= row["median"] <= row["max"]
   assert row["min"] > 0 and row["cores"] >= 1
-  st = row["stages_ms_per_clip"]
-  assert 0 < st["parse"] and st["decode_only"] == pytest.approx(st["decode"] - st["parse"])
-  assert st["whole"] > st["parse"]
+  for r in row["by_frames_dtype"].values():
+    assert len(r["clips_per_s"]) == 2 and 0 < r["min"] <= r["median"] <= r["max"]
+    st = r["stages_ms_per_clip"]
+    assert 0 < st["parse"] and st["decode_only"] == pytest.approx(st["decode"] - st["parse"])
+    assert st["whole"] > st["parse"] and st["to_numpy"] > 0

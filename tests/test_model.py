@@ -448,3 +448,19 @@ def test_learns_a_tiny_cross_modal_problem():
   assert final < first / 10, (first, final)
   acc = float((model.apply({"params": params}, frames, keypoints).argmax(-1) == labels).mean())
   assert acc == 1.0
+
+
+def test_uint8_frames_are_normalized_inside_the_model(rng):
+  """The input pipeline sends uint8 pixels (``dataset.frames_dtype``); the model normalizes them
+  itself, giving the logits of the normalized float frames."""
+  from deform3d.pixels import MEAN, STD
+  model = build_model(dict(variant="tiny", num_classes=3))
+  pixels = rng.integers(0, 256, (2, 4, 32, 32, 3)).astype(np.uint8)
+  keypoints = jnp.asarray(rng.uniform(-1, 1, (2, 4, 17, 3)), jnp.float32)
+  abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.asarray(pixels), keypoints)
+  variables = {"params": random_params(abstract["params"], rng)}  # no zero-initialized head
+  got = model.apply(variables, jnp.asarray(pixels), keypoints)
+  want = model.apply(variables, jnp.asarray((pixels.astype(np.float32) - MEAN) / STD), keypoints)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  raw = model.apply(variables, jnp.asarray(pixels, jnp.float32), keypoints)  # not normalized
+  assert np.abs(np.asarray(raw) - np.asarray(want)).max() > 1e-2

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from deform3d.models import fast
+from deform3d.pixels import normalize_frames
 from deform3d.models.blocks import (RESIDUALS, Block, PooledBlock,  # noqa: F401 (re-export)
                                     cross_positions)
 from deform3d.models.deformable import cell_centres
@@ -52,7 +53,8 @@ VARIANTS = {
 class Deform3DTransformer(nn.Module):
   """RGB frames + pose keypoints -> class logits.
 
-  Inputs: ``frames (B, T, H, W, 3)`` (float, normalized) and ``keypoints (B, T, J, D)`` of one
+  Inputs: ``frames (B, T, H, W, 3)`` (uint8 pixels, normalized inside; or float, already
+  normalized: ``deform3d.pixels``) and ``keypoints (B, T, J, D)`` of one
   person or ``(B, P, T, J, D)`` of ``P`` persons, whose first two channels are ``(x, y)`` in
   normalized image coordinates ``[-1, 1]`` (further channels, e.g. a confidence score, are
   embedded too). With ``P > 1`` a person whose scores (channel 2) are all 0 in the clip is absent
@@ -255,6 +257,7 @@ class Deform3DTransformer(nn.Module):
     c = self.embed_dim
     rgb = None
     if self.use_rgb:
+      frames = normalize_frames(frames)  # uint8 pixels from the host, normalized here
       rgb = RGBStem(c, spatial_strides=self.stem_strides,
                     temporal_stride=self.stem_temporal_stride, dtype=self.dtype,
                     name="rgb_stem")(frames)

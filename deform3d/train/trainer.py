@@ -216,7 +216,8 @@ class Trainer:
   def _empty_eval_batch(self, batch_size: int, clips: int) -> dict:
     """An all-masked evaluation batch ``(B, K, ...)`` for a process that has no data at all."""
     lead = (int(batch_size), int(clips))
-    return {"frames": np.zeros(lead + self.example_shapes["frames"][1:], np.float32),
+    frames_dtype = self.config.dataset.get("frames_dtype", "uint8")  # as the pipeline's
+    return {"frames": np.zeros(lead + self.example_shapes["frames"][1:], frames_dtype),
             "keypoints": np.zeros(lead + self.example_shapes["keypoints"][1:], np.float32),
             "label": np.zeros(lead[:1], np.int32), "mask": np.zeros(lead[:1], np.float32)}
 
