@@ -16,7 +16,7 @@ per round, each round a fresh pipeline after ``--clips`` warm-up clips; the proc
 on the same records: parse the record; + decode the sampled frames; + crop and resize; the whole
 ``_process`` (flip, keypoints, and normalization or rounding to uint8). The differences are the
 stages' costs per clip. Also per clip: ``read`` (the training record stream alone: files,
-shuffle and the Python generator that keeps the stream a function of ``(seed, position)``) and
+shuffle, the per-epoch seeding that keeps the stream a function of ``(seed, position)``) and
 ``to_numpy`` (copying a clip's frames out of TensorFlow). ``frames_dtypes=("uint8", "float32")``
 measures the configs' uint8 frames beside the earlier float32 ones, rounds alternated.
 """
@@ -147,7 +147,7 @@ def stages(data_dir: str, name: str, clips: int = 8, frames_dtype=None) -> dict:
         max_persons=s["max_persons"], frames_dtype=frames_dtype)["frames"]
 
   out = {}
-  # Reading: the training record stream alone (files, shuffle, the exact-resume generator).
+  # Reading: the training record stream alone (files, shuffle, the per-epoch seeding).
   stream = input_pipeline._train_records(
       files, 0, 1, seed=0, shuffle_buffer=16, cache=False, start_position=0,
       counts=input_pipeline.record_counts(data_dir, "train", files)).as_numpy_iterator()

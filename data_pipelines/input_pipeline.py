@@ -18,7 +18,6 @@ any parallelism. Each process reads a disjoint part of the data (``process_index
 from __future__ import annotations
 
 import glob
-import itertools
 import json
 import os
 import re
@@ -167,10 +166,13 @@ def _local_files(files: list, process_index: int, process_count: int):
   return files, True
 
 
-def _records(files: list, process_index: int, process_count: int, shard_records: bool,
-             cycle: int = 8) -> tf.data.Dataset:
+def _records(files, process_index: int, process_count: int, shard_records: bool,
+             cycle: int = 8, num_files: Optional[int] = None) -> tf.data.Dataset:
+  """The records of ``files`` (a list, or a string tensor of ``num_files`` names), files
+  interleaved deterministically; with ``shard_records``, every ``process_count``-th record."""
+  num_files = len(files) if num_files is None else num_files
   ds = tf.data.Dataset.from_tensor_slices(files)
-  ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(len(files), cycle)),
+  ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(num_files, cycle)),
                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if shard_records:
     ds = ds.shard(process_count, process_index)
@@ -199,52 +201,55 @@ def record_counts(data_dir: str, split: str, files: Sequence[str]) -> Optional[l
   return None
 
 
+def _epoch_seed(seed: int, epoch, stream: int):
+  """A shuffle seed drawn statelessly from ``(seed, epoch, stream)`` (an int64 tensor)."""
+  key = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64) * 2 + stream])
+  return tf.random.stateless_uniform([], seed=key, maxval=2**31 - 1, dtype=tf.int64)
+
+
 def _train_records(files, process_index, process_count, *, seed, shuffle_buffer, cache,
                    start_position, counts=None):
-  """Endless raw-record stream of one process, a pure function of ``(seed, position)``.
+  """Endless raw-record stream of one process, a pure function of ``(seed, position)``, built
+  of tf.data ops only (no Python per record: it can run in a tf.data service worker).
 
-  Epoch ``e`` is a permutation seeded by ``(seed, e)``: with ``cache``, a full permutation of the
-  process's records held in memory; otherwise the files in a seeded order, interleaved, through
-  a shuffle buffer seeded by ``(seed, e)``. Starting at ``start_position`` = epoch ``p // n``,
-  record ``p % n`` reads (but does not decode) at most one epoch, so a resumed run sees exactly
-  the records an uninterrupted run would have seen. ``counts`` (examples per file, from the
-  split's metadata) gives ``n`` without a pass over the data; without it the records are counted.
+  Epoch ``e`` is a permutation seeded by ``(seed, e)``: with ``cache``, a full shuffle of the
+  process's records, held in memory after the first epoch; otherwise the files in a seeded
+  order, interleaved, through a shuffle buffer seeded by ``(seed, e)``. Starting at
+  ``start_position`` = epoch ``p // n``, record ``p % n`` reads (but does not decode) at most one
+  epoch, so a resumed run sees exactly the records an uninterrupted run would have seen.
+  ``counts`` (examples per file, from the split's metadata) gives ``n`` without a pass over the
+  data; without it the records are counted.
   """
   local, shard_records = _local_files(files, process_index, process_count)
-  cached = None
-  if cache:
-    cached = list(_records(local, process_index, process_count, shard_records)
-                  .as_numpy_iterator())
-    n = len(cached)
-  elif counts is not None:
+  records = _records(local, process_index, process_count, shard_records)
+  if counts is not None:
     if shard_records:
       n = len(range(process_index, sum(counts), process_count))
     else:
       n = sum(counts[files.index(f)] for f in local)
   else:
-    n = sum(1 for _ in _records(local, process_index, process_count, shard_records))
+    n = int(records.reduce(np.int64(0), lambda c, _: c + 1))
   if n == 0:
     raise ValueError(f"process {process_index} of {process_count} has no training records in "
                      f"{files[0]} .. {files[-1]}")
   epoch0, skip = divmod(start_position, n)
+  names = tf.constant(local)
 
-  def stream():
-    for epoch in itertools.count(epoch0):
-      rng = np.random.default_rng([seed, epoch])
-      if cached is not None:
-        order = rng.permutation(n)
-        it = (cached[i] for i in order[skip if epoch == epoch0 else 0:])
-      else:
-        perm = [local[i] for i in rng.permutation(len(local))]
-        ds = _records(perm, process_index, process_count, shard_records)
-        ds = ds.shuffle(shuffle_buffer, seed=int(rng.integers(2**31)),
+  if cache:
+    cached = records.cache()
+
+    def epoch(e):
+      return cached.shuffle(n, seed=_epoch_seed(seed, e, 0), reshuffle_each_iteration=False)
+  else:
+    def epoch(e):
+      order = tf.random.experimental.stateless_shuffle(
+          tf.range(len(local)), seed=tf.stack([tf.cast(seed, tf.int64), e]))
+      ds = _records(tf.gather(names, order), process_index, process_count, shard_records,
+                    num_files=len(local))
+      return ds.shuffle(shuffle_buffer, seed=_epoch_seed(seed, e, 1),
                         reshuffle_each_iteration=False)
-        if epoch == epoch0:
-          ds = ds.skip(skip)
-        it = ds.as_numpy_iterator()
-      yield from it
 
-  return tf.data.Dataset.from_generator(stream, output_signature=tf.TensorSpec([], tf.string))
+  return tf.data.Dataset.range(epoch0, 2**62).flat_map(epoch).skip(skip)
 
 
 def eval_labels(data_dir: str, split: str, process_index: int = 0, process_count: int = 1
@@ -287,7 +292,7 @@ def make_dataset(data_dir: str, split: str, *, num_frames: int, image_size: int,
     ds = _train_records(files, process_index, process_count, seed=seed,
                         shuffle_buffer=shuffle_buffer, cache=cache,
                         start_position=start_position,
-                        counts=None if cache else record_counts(data_dir, split, files))
+                        counts=record_counts(data_dir, split, files))
   else:
     local, shard_records = _local_files(files, process_index, process_count)
     ds = _records(local, process_index, process_count, shard_records)

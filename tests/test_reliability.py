@@ -123,7 +123,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
     for step in range(start + 1, 10**6):
       b = next(clean)
       if step >= 5:
-        b["frames"] = np.full_like(b["frames"], np.nan)
+        b["keypoints"] = np.full_like(b["keypoints"], np.nan)  # (frames are uint8: no nan)
       yield b
 
   with pytest.raises(FloatingPointError, match=r"nan at step 5 .*last good checkpoint kept at step 4"):
