@@ -29,6 +29,7 @@ def get_config(arg=None):
   c.dataset.shuffle_buffer = 4096
   c.dataset.cache = False            # too large for memory
   c.dataset.frames_dtype = "uint8"  # pixels to the device, normalized in the jitted step
+  c.dataset.service = ""  # tf.data service dispatcher (grpc://host:port): docs/scaling.md
 
   c.num_frames = 32
   c.image_size = 224

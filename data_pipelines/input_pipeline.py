@@ -209,8 +209,9 @@ def _epoch_seed(seed: int, epoch, stream: int):
 
 def _train_records(files, process_index, process_count, *, seed, shuffle_buffer, cache,
                    start_position, counts=None):
-  """Endless raw-record stream of one process, a pure function of ``(seed, position)``, built
-  of tf.data ops only (no Python per record: it can run in a tf.data service worker).
+  """Endless ``(position, raw record)`` stream of one process, a pure function of ``(seed,
+  position)``, built of tf.data ops only (no Python per record: it can run in a tf.data service
+  worker).
 
   Epoch ``e`` is a permutation seeded by ``(seed, e)``: with ``cache``, a full shuffle of the
   process's records, held in memory after the first epoch; otherwise the files in a seeded
@@ -234,22 +235,24 @@ def _train_records(files, process_index, process_count, *, seed, shuffle_buffer,
                      f"{files[0]} .. {files[-1]}")
   epoch0, skip = divmod(start_position, n)
   names = tf.constant(local)
+  cached = records.cache() if cache else None
 
-  if cache:
-    cached = records.cache()
-
-    def epoch(e):
-      return cached.shuffle(n, seed=_epoch_seed(seed, e, 0), reshuffle_each_iteration=False)
-  else:
-    def epoch(e):
+  def epoch(e):
+    if cached is not None:
+      ds = cached.shuffle(n, seed=_epoch_seed(seed, e, 0), reshuffle_each_iteration=False)
+    else:
       order = tf.random.experimental.stateless_shuffle(
           tf.range(len(local)), seed=tf.stack([tf.cast(seed, tf.int64), e]))
       ds = _records(tf.gather(names, order), process_index, process_count, shard_records,
                     num_files=len(local))
-      return ds.shuffle(shuffle_buffer, seed=_epoch_seed(seed, e, 1),
-                        reshuffle_each_iteration=False)
+      ds = ds.shuffle(shuffle_buffer, seed=_epoch_seed(seed, e, 1),
+                      reshuffle_each_iteration=False)
+    # Positions inside the epoch's function, so that each epoch is a self-contained unit: a
+    # tf.data service worker given epoch e (dynamic sharding) produces exactly its records.
+    first = tf.where(e == epoch0, tf.constant(skip, tf.int64), tf.constant(0, tf.int64))
+    return ds.enumerate(start=e * n).skip(first)
 
-  return tf.data.Dataset.range(epoch0, 2**62).flat_map(epoch).skip(skip)
+  return tf.data.Dataset.range(epoch0, 2**62).flat_map(epoch)
 
 
 def eval_labels(data_dir: str, split: str, process_index: int = 0, process_count: int = 1
@@ -269,13 +272,19 @@ def make_dataset(data_dir: str, split: str, *, num_frames: int, image_size: int,
                  process_index: int = 0, process_count: int = 1, shuffle_buffer: int = 1024,
                  cache: bool = True, start_position: int = 0,
                  num_classes: Optional[int] = None, max_persons: int = 1,
-                 frames_dtype: str = "float32") -> tf.data.Dataset:
+                 frames_dtype: str = "float32", service: Optional[str] = None
+                 ) -> tf.data.Dataset:
   """Batched ``tf.data.Dataset`` for one process.
 
   ``batch_size`` is the per-process batch. Training data repeat forever; the stream is a pure
   function of ``(seed, position)``, and ``start_position`` (= step x per-process batch) starts it
   where an uninterrupted run would be at that step (exact resume). Evaluation data is finite,
   unshuffled, and its last batch may be smaller. ``max_persons``: see the module docstring.
+  ``service``: a tf.data service dispatcher (``grpc://host:port``): the training examples are
+  then read and preprocessed by its workers (``data_pipelines/service.py``; each epoch is one
+  worker's unit of work, so every clip of an epoch arrives exactly once and is the clip the local
+  pipeline makes at that position, but epochs of different workers interleave: the order is not
+  deterministic, docs/scaling.md). Evaluation always runs locally.
   ``frames_dtype``: ``"float32"``, normalized frames; ``"uint8"``, the same frames as pixels
   rounded to the nearest level (at most half a level, 0.5 / STD after normalizing, from the
   float32 frames), for ``deform3d.pixels.normalize_frames`` in the jitted step.
@@ -298,13 +307,17 @@ def make_dataset(data_dir: str, split: str, *, num_frames: int, image_size: int,
     ds = _records(local, process_index, process_count, shard_records)
     if cache:
       ds = ds.cache()
-  ds = ds.enumerate(start=start_position if train else 0)
+  if not train:
+    ds = ds.enumerate()  # (position, record); the training stream carries its own
   fn = lambda i, ex: _process(ex, i, num_frames=num_frames, image_size=image_size,
                               num_joints=num_joints, train=train, num_clips=num_clips,
                               seed=seed, flip_perm=list(flip_perm), crop_scale=crop_scale,
                               num_classes=num_classes, max_persons=max_persons,
                               frames_dtype=frames_dtype)
   ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if train and service:
+    from data_pipelines import service as data_service
+    ds = data_service.distribute(ds, service)
   ds = ds.batch(batch_size, drop_remainder=train)
   return ds.prefetch(tf.data.AUTOTUNE)
 

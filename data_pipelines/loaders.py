@@ -30,7 +30,7 @@ def train_iter(config, start_step: int = 0):
       config.dataset.data_dir, config.dataset.train_split, train=True, seed=config.seed,
       flip_perm=perm, crop_scale=tuple(config.dataset.crop_scale),
       shuffle_buffer=config.dataset.shuffle_buffer, start_position=start_step * kw["batch_size"],
-      **kw)
+      service=config.dataset.get("service") or None, **kw)
   return input_pipeline.iterate(ds, source=(config.dataset.data_dir, config.dataset.train_split))
 
 
