@@ -107,6 +107,53 @@ def clips_per_s(data_dir: str, name: str, clips: int = 24, rounds: int = 3,
           "frames_dtype": dtypes[0], **summary[dtypes[0]], "by_frames_dtype": summary}
 
 
+def service_clips_per_s(data_dir: str, name: str, workers: int, clips: int = 24,
+                        rounds: int = 3, log: Callable[[str], None] = print) -> dict:
+  """Clips/s of the training pipeline read through tf.data service: a dispatcher in this
+  process and ``workers`` worker processes (``launch/data_service.py worker``) on this machine.
+  Each round is a fresh stream (a job of its own) after ``clips`` warm-up clips."""
+  import subprocess
+  import sys
+  from data_pipelines import service
+  dispatcher = service.start_dispatcher()
+  target = dispatcher.target
+  script = os.path.join(ROOT, "launch", "data_service.py")
+  procs = [subprocess.Popen([sys.executable, script, "worker", "--dispatcher",
+                             service.address(target)], stdout=subprocess.PIPE, text=True)
+           for _ in range(workers)]
+  try:
+    for p in procs:
+      p.stdout.readline()  # "serving"
+    s = SETTINGS[name]
+    joints = LAYOUTS[s["layout"]]
+    ds = input_pipeline.make_dataset(
+        data_dir, "train", num_frames=s["num_frames"], image_size=s["image_size"],
+        num_joints=len(joints), batch_size=1, train=True, seed=0,
+        flip_perm=flip_permutation(joints), crop_scale=s["crop_scale"], cache=False,
+        max_persons=s["max_persons"], shuffle_buffer=16, frames_dtype=s["frames_dtype"],
+        service=target)
+    rates = []
+    for r in range(rounds):
+      it = iter(ds.as_numpy_iterator())
+      for _ in range(clips):
+        next(it)
+      t = time.perf_counter()
+      for _ in range(clips):
+        next(it)
+      rates.append(clips / (time.perf_counter() - t))
+      del it
+      gc.collect()
+      log(f"{name} via tf.data service, {workers} worker(s): round {r + 1}/{rounds}: "
+          f"{rates[-1]:.2f} clips/s")
+  finally:
+    for p in procs:
+      p.kill()
+      p.wait(timeout=30)
+    dispatcher.stop()
+  return {"dataset": name, "workers": workers, "clips_per_round": clips, "clips_per_s": rates,
+          "median": statistics.median(rates), "min": min(rates), "max": max(rates)}
+
+
 def stages(data_dir: str, name: str, clips: int = 8, frames_dtype=None) -> dict:
   """Milliseconds per clip of each stage prefix, in one thread (see the module docstring)."""
   s = SETTINGS[name]

@@ -21,6 +21,9 @@ def main():
   parser.add_argument("--frames_dtypes", default=None,
                       help="e.g. uint8,float32: each one's pipeline, rounds alternated "
                            "(default: the configs' uint8)")
+  parser.add_argument("--service_workers", default=None,
+                      help="e.g. 1,2: also read through tf.data service with that many worker "
+                           "processes on this machine (data_pipelines/bench.service_clips_per_s)")
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
   from data_pipelines import bench
@@ -28,6 +31,13 @@ def main():
   dtypes = args.frames_dtypes.split(",") if args.frames_dtypes else None
   result = bench.run(work, args.datasets.split(","), args.clips, args.rounds,
                      frames_dtypes=dtypes)
+  for n in (args.service_workers.split(",") if args.service_workers else []):
+    for name in args.datasets.split(","):
+      row = bench.service_clips_per_s(os.path.join(work, name), name, int(n), args.clips,
+                                      args.rounds)
+      print(f"{name} via tf.data service, {n} worker process(es): {row['median']:.2f} clips/s "
+            f"(min {row['min']:.2f}, max {row['max']:.2f})")
+      result.setdefault("service", []).append(row)
   if args.out:
     with open(args.out, "w") as fh:
       json.dump(result, fh, indent=1)
