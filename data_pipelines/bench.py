@@ -68,7 +68,8 @@ def build_embedded_records(out_dir: str, clips: int = 64) -> str:
   return out_dir
 
 
-def _dataset(data_dir: str, name: str, seed: int = 0, frames_dtype=None) -> tf.data.Dataset:
+def _dataset(data_dir: str, name: str, seed: int = 0, frames_dtype=None,
+             service=None) -> tf.data.Dataset:
   s = SETTINGS[name]
   joints = LAYOUTS[s["layout"]]
   return input_pipeline.make_dataset(
@@ -76,7 +77,7 @@ def _dataset(data_dir: str, name: str, seed: int = 0, frames_dtype=None) -> tf.d
       num_joints=len(joints), batch_size=1, train=True, seed=seed,
       flip_perm=flip_permutation(joints), crop_scale=s["crop_scale"], cache=False,
       max_persons=s["max_persons"], shuffle_buffer=16,
-      frames_dtype=frames_dtype or s["frames_dtype"])
+      frames_dtype=frames_dtype or s["frames_dtype"], service=service)
 
 
 def clips_per_s(data_dir: str, name: str, clips: int = 24, rounds: int = 3,
@@ -124,14 +125,7 @@ def service_clips_per_s(data_dir: str, name: str, workers: int, clips: int = 24,
   try:
     for p in procs:
       p.stdout.readline()  # "serving"
-    s = SETTINGS[name]
-    joints = LAYOUTS[s["layout"]]
-    ds = input_pipeline.make_dataset(
-        data_dir, "train", num_frames=s["num_frames"], image_size=s["image_size"],
-        num_joints=len(joints), batch_size=1, train=True, seed=0,
-        flip_perm=flip_permutation(joints), crop_scale=s["crop_scale"], cache=False,
-        max_persons=s["max_persons"], shuffle_buffer=16, frames_dtype=s["frames_dtype"],
-        service=target)
+    ds = _dataset(data_dir, name, service=target)
     rates = []
     for r in range(rounds):
       it = iter(ds.as_numpy_iterator())
