@@ -80,6 +80,22 @@ def _dataset(data_dir: str, name: str, seed: int = 0, frames_dtype=None,
       frames_dtype=frames_dtype or s["frames_dtype"], service=service)
 
 
+def _round_rate(ds: tf.data.Dataset, clips: int) -> float:
+  """Clips/s of a fresh pipeline of ``ds`` over ``clips`` clips after ``clips`` warm-up clips
+  (threads started, files open, autotuning begun); the pipeline is gone before the next one
+  starts, so no pipeline works ahead while another is timed."""
+  it = iter(ds.as_numpy_iterator())
+  for _ in range(clips):
+    next(it)
+  t = time.perf_counter()
+  for _ in range(clips):
+    next(it)
+  rate = clips / (time.perf_counter() - t)
+  del it
+  gc.collect()
+  return rate
+
+
 def clips_per_s(data_dir: str, name: str, clips: int = 24, rounds: int = 3,
                 log: Callable[[str], None] = print, frames_dtypes=None) -> dict:
   """Clips/s of the training pipeline over ``rounds`` rounds of ``clips`` clips (after a
@@ -91,16 +107,7 @@ def clips_per_s(data_dir: str, name: str, clips: int = 24, rounds: int = 3,
   rates = {d: [] for d in dtypes}
   for r in range(rounds):
     for d, ds in datasets.items():
-      # A fresh pipeline per round, so that no pipeline works ahead while another is timed.
-      it = iter(ds.as_numpy_iterator())
-      for _ in range(clips):  # warm-up: threads started, files open, autotuning begun
-        next(it)
-      t = time.perf_counter()
-      for _ in range(clips):
-        next(it)
-      rates[d].append(clips / (time.perf_counter() - t))
-      del it
-      gc.collect()
+      rates[d].append(_round_rate(ds, clips))
       log(f"{name} ({d} frames): round {r + 1}/{rounds}: {rates[d][-1]:.2f} clips/s")
   summary = {d: {"clips_per_s": v, "median": statistics.median(v), "min": min(v),
                  "max": max(v)} for d, v in rates.items()}
@@ -128,15 +135,7 @@ def service_clips_per_s(data_dir: str, name: str, workers: int, clips: int = 24,
     ds = _dataset(data_dir, name, service=target)
     rates = []
     for r in range(rounds):
-      it = iter(ds.as_numpy_iterator())
-      for _ in range(clips):
-        next(it)
-      t = time.perf_counter()
-      for _ in range(clips):
-        next(it)
-      rates.append(clips / (time.perf_counter() - t))
-      del it
-      gc.collect()
+      rates.append(_round_rate(ds, clips))
       log(f"{name} via tf.data service, {workers} worker(s): round {r + 1}/{rounds}: "
           f"{rates[-1]:.2f} clips/s")
   finally:
