@@ -201,7 +201,7 @@ def paper_row(spec, batch, dtype, backward, fast, repeats):
   from deform3d.ops.sampling import resolve_backward
   from deform3d.train.trainer import make_optimizer
 
-  kind = {True: "fast", False: "plain"}.get(fast, fast)  # fast | plain | fused
+  kind = _kind(fast)
   config = size_config(spec, {})
   model = build_model({**config.model, "dtype": dtype, "fast": kind != "plain",
                        "attention_kernel": "pallas" if kind == "fused" else "xla",
