@@ -10,9 +10,9 @@ MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 
 
-def normalize_frames(frames, xp=np):
-  """uint8 pixels ``(..., 3)`` -> ``(pixels - MEAN) / STD`` in float32 (``xp``: ``numpy`` or
-  ``jax.numpy``); frames of any other dtype are returned as they are (already normalized)."""
+def normalize_frames(frames):
+  """uint8 pixels ``(..., 3)`` (a NumPy or JAX array) -> ``(pixels - MEAN) / STD`` in float32;
+  frames of any other dtype are returned as they are (already normalized)."""
   if frames.dtype != np.uint8:
     return frames
   return (frames.astype(np.float32) - MEAN) / STD
