@@ -13,7 +13,7 @@ order of clips is not deterministic and a resumed run gets the same clips in ano
 A worker that dies mid-epoch is survived: the dispatcher gives the next epochs to the others;
 the clips of the epoch it was processing that it had not yet delivered are lost (at most once,
 tf.data service's guarantee under dynamic sharding). Tested on loopback in
-``tests/test_data.py``.
+``tests/test_service.py``.
 """
 from __future__ import annotations
 
