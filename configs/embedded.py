@@ -56,6 +56,7 @@ def get_config(arg=None):
   c.model.num_cross_tokens = 1  # K=2 failed the flag classes (docs/results.md)
   c.model.rgb_merge = True      # merge the RGB stream in time with the pose stream's stride
   c.model.rgb_query_pos = "cell"  # RGB queries' bias positions; "frame": ablation
+  c.model.cross_init = "rgb"  # "rgb_pose": the first cross token also starts from pooled pose
   c.model.use_rgb = True
   c.model.use_pose = True
   c.model.dropout = 0.0

@@ -58,6 +58,7 @@ def get_config(arg=None):
   c.model.num_cross_tokens = 1
   c.model.rgb_merge = True
   c.model.rgb_query_pos = "cell"
+  c.model.cross_init = "rgb"  # "rgb_pose": the first cross token also starts from pooled pose
   c.model.use_rgb = True
   c.model.use_pose = True
   c.model.dropout = 0.1

@@ -464,3 +464,37 @@ def test_uint8_frames_are_normalized_inside_the_model(rng):
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
   raw = model.apply(variables, jnp.asarray(pixels, jnp.float32), keypoints)  # not normalized
   assert np.abs(np.asarray(raw) - np.asarray(want)).max() > 1e-2
+
+
+def test_cross_init_rgb_pose_pools_present_persons_only(rng):
+  """``cross_init="rgb_pose"``: the first cross token also starts from the frame's pose tokens,
+  pooled (mean and max) over the joints of the persons present; ``pooled_pose`` against a loop
+  over clips, and in the model an absent person's coordinates still change nothing."""
+  from deform3d.models.model import pooled_pose
+  pose = rng.standard_normal((2, 3, 2 * 4, 5)).astype(np.float32)  # (B, T, P * J, C), J = 4
+  mask = np.array([[True, True], [False, True]])
+  got = np.asarray(pooled_pose(jnp.asarray(pose), jnp.asarray(mask), 4))
+  for b in range(2):
+    joints = np.concatenate([pose[b, :, p * 4:(p + 1) * 4] for p in range(2) if mask[b, p]], 1)
+    want = np.concatenate([joints.mean(1), joints.max(1)], -1)
+    np.testing.assert_allclose(got[b], want, rtol=1e-6)
+  np.testing.assert_allclose(pooled_pose(jnp.asarray(pose), None, 4),
+                             np.concatenate([pose.mean(2), pose.max(2)], -1), rtol=1e-6)
+
+  model = build_model({**TINY, "cross_init": "rgb_pose", "drop_path": 0.0})
+  frames, _ = make_inputs(rng)
+  keypoints = np.asarray(rng.uniform(-1, 1, (2, 2, 4, 5, 3)), np.float32)
+  keypoints[1, 1, ..., 2] = 0.0  # clip 1: the second person is absent
+  abstract = jax.eval_shape(model.init, jax.random.key(0), frames, keypoints)["params"]
+  assert abstract["cross_init_pose"]["kernel"].shape == (64, 32)
+  params = random_params(abstract, rng)
+  apply = jax.jit(lambda p, kp: model.apply({"params": p}, frames, kp))
+  logits = apply(params, keypoints)
+  moved = keypoints.copy()
+  moved[:, 1, ..., :2] = rng.uniform(-1, 1, moved[:, 1, ..., :2].shape)
+  np.testing.assert_array_equal(apply(params, moved)[1], logits[1])  # absent: nothing
+  zeroed = dict(params, cross_init_pose=jax.tree_util.tree_map(jnp.zeros_like,
+                                                               params["cross_init_pose"]))
+  assert float(jnp.abs(apply(zeroed, keypoints) - logits).max()) > 1e-4  # the projection is used
+  with pytest.raises(ValueError, match="cross_init must be one of"):
+    build_model({**TINY, "cross_init": "pose"}).init(jax.random.key(0), frames, keypoints)

@@ -27,6 +27,7 @@ from deform3d.models.stride_attention import TemporalMerge, joint_plans, persons
 Dtype = Any
 DESIGNS = ("paper", "pooled")
 ATTENTION_KERNELS = ("xla", "pallas", "auto")
+CROSS_INITS = ("rgb", "rgb_pose")
 
 # Model sizes: the only place these numbers live. A config names one (``model.variant``) and may
 # override single values; ``deform3d.models.build_model`` merges them. "paper" is our GPU-scale
@@ -104,6 +105,9 @@ class Deform3DTransformer(nn.Module):
   num_cross_tokens: int = 1
   rgb_merge: bool = True
   rgb_query_pos: str = "cell"
+  # The first cross-modal token's start: "rgb" (the frame's pooled RGB tokens) or "rgb_pose"
+  # (also the frame's pooled pose tokens); both ours, docs/model.md.
+  cross_init: str = "rgb"
   fast: bool = True
   remat: bool = False
   scan: bool = False
@@ -123,6 +127,9 @@ class Deform3DTransformer(nn.Module):
     if self.rgb_query_pos not in ("cell", "frame"):
       raise ValueError("Deform3DTransformer: rgb_query_pos must be 'cell' or 'frame', got "
                        f"{self.rgb_query_pos!r}")
+    if self.cross_init not in CROSS_INITS:
+      raise ValueError(f"Deform3DTransformer: cross_init must be one of {CROSS_INITS}, got "
+                       f"{self.cross_init!r}")
     if self.num_cross_tokens not in (1, 2):
       raise ValueError("Deform3DTransformer: num_cross_tokens must be 1 or 2, got "
                        f"{self.num_cross_tokens}")
@@ -268,13 +275,18 @@ class Deform3DTransformer(nn.Module):
     # Cross-modal tokens, K per frame: learned vectors; the first also gets a projection of the
     # frame's pooled RGB tokens (mean and max over space, ours), so that a small salient object
     # reaches the fusion tokens from the first step. Pose reaches them through the joint
-    # attention. With K = 2 the cross-attention token is their mean (ours).
+    # attention, and with cross_init="rgb_pose" also from the start: a projection of the frame's
+    # pooled pose tokens (mean and max over the joints of the persons present, ours). With
+    # K = 2 the cross-attention token is their mean (ours).
     k = self.num_cross_tokens if self.design == "paper" else 1
     cross = self.param("cross_token", nn.initializers.normal(0.02), (1, 1, k, c))
     cross = jnp.broadcast_to(cross.astype(self.dtype), (b, t, k, c))
     if rgb is not None:
       pooled = jnp.concatenate([rgb.mean(axis=(2, 3)), rgb.max(axis=(2, 3))], axis=-1)
       cross = cross.at[:, :, 0].add(nn.Dense(c, dtype=self.dtype, name="cross_init")(pooled))
+    if self.cross_init == "rgb_pose" and self.use_pose:
+      cross = cross.at[:, :, 0].add(nn.Dense(c, dtype=self.dtype, name="cross_init_pose")(
+          pooled_pose(pose, person_mask, keypoints.shape[-2])))
 
     # Joint positions (x, y, time) for the pooled design's relative-position bias.
     pose_pos = None
@@ -294,6 +306,20 @@ class Deform3DTransformer(nn.Module):
     cls = nn.Dropout(self.dropout)(cls, deterministic=not train)
     return nn.Dense(self.num_classes, dtype=jnp.float32, kernel_init=nn.initializers.zeros,
                     name="head")(cls)
+
+
+def pooled_pose(pose, person_mask, num_joints: int):
+  """Pose tokens ``(B, T, P * J, C)`` -> ``(B, T, 2 C)``: mean and max over the joints of the
+  persons present (``person_mask (B, P)``; ``None``: all)."""
+  if person_mask is None:
+    return jnp.concatenate([pose.mean(axis=2), pose.max(axis=2)], axis=-1)
+  present = jnp.repeat(person_mask, num_joints, axis=1)[:, None, :, None]  # (B, 1, P * J, 1)
+  count = jnp.maximum(present.sum(axis=2), 1).astype(pose.dtype)
+  mean = jnp.where(present, pose, 0).sum(axis=2) / count
+  big_negative = jnp.asarray(jnp.finfo(pose.dtype).min, pose.dtype)
+  peak = jnp.where(present, pose, big_negative).max(axis=2)
+  peak = jnp.where(present.any(axis=2), peak, 0)
+  return jnp.concatenate([mean, peak], axis=-1)
 
 
 def stages(temporal_strides: Sequence[int], merge_in_block: bool = False) -> list:
