@@ -61,17 +61,19 @@ def test_short_training_run_checkpoints_and_evaluates(data_dir, tmp_path):
   with open(tmp_path / "model.json") as fh:  # the variant's sizes, resolved
     model = json.load(fh)
   assert (model["embed_dim"], model["depth"], model["joint_strides"]) == (32, 2, [1, 2])
-  # The run's progress lines are kept in log.txt and plot into a PNG.
-  png = tmp_path / "curves.png"
+  # The run's progress lines are kept in log.txt; the run plots them into its curves.png, and
+  # launch/plot_curves.py plots runs side by side.
+  with open(tmp_path / "curves.png", "rb") as fh:
+    assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+  png = tmp_path / "side_by_side.png"
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "plot_curves.py"),
-                         "--out", str(png), f"tiny={tmp_path}"], capture_output=True, text=True,
-                        timeout=120)
+                         "--out", str(png), f"tiny={tmp_path}", f"again={tmp_path}/log.txt"],
+                        capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr
   with open(png, "rb") as fh:
     assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
-  sys.path.insert(0, os.path.join(ROOT, "launch"))
-  import plot_curves
-  loss, top1 = plot_curves.parse(str(tmp_path))
+  from deform3d.train import curves
+  loss, top1 = curves.parse(str(tmp_path))
   assert [s for s, _ in loss] == list(range(2, 13, 2))
   assert loss[-1][1] == pytest.approx(out["losses"][-1][1], rel=1e-3)
   assert top1 == [(12, pytest.approx(ev["top1"], abs=1e-4))]
@@ -94,6 +96,9 @@ def test_stopped_run_resumes_from_last_checkpoint(data_dir, tmp_path):
     np.testing.assert_array_equal(a, np.asarray(b))
   assert int(second["state"].step) == 12
   assert second["losses"][0][0] == 8  # continued, not restarted
+  from deform3d.train import curves  # the curves cover both parts of the run
+  assert [s for s, _ in curves.parse(str(tmp_path))[0]] == list(range(2, 13, 2))
+  assert os.path.getsize(tmp_path / "curves.png") > 0
   # The restored parameters are the saved ones: a no-op resume at the end changes nothing.
   third, lines = run(config, str(tmp_path))
   assert "resumed from checkpoint at step 12" in lines[0]
@@ -443,3 +448,23 @@ def test_train_command_writes_eval_test_and_tensorboard_and_eval_command_agrees(
   for k in ("top1", "top5", "mean_class_accuracy", "num_examples"):
     assert again[k] == pytest.approx(at_end[k], abs=1e-6), k
   assert again["confusion_matrix"] == at_end["confusion_matrix"]
+
+
+def test_curves_parse_keeps_the_last_value_of_a_repeated_step(tmp_path):
+  """A run preempted after logging step 6 but before saving it logs step 6 again on resume:
+  the curve holds each step once, with the later value."""
+  from deform3d.train import curves
+  log = tmp_path / "log.txt"
+  log.write_text("devices: 1\n"
+                 "step 2/8 | loss 2.5000 | acc 0.1\nstep 4/8 | loss 2.0000 | acc 0.2\n"
+                 "eval at step 4: top1 0.2500 | top5 1.0\nstep 6/8 | loss 9.0000 | acc 0.3\n"
+                 "resumed from checkpoint at step 4 in w\n"
+                 "step 6/8 | loss 1.5000 | acc 0.3\nstep 8/8 | loss 1.2500 | acc 0.4\n"
+                 "eval at step 8: top1 0.7500 | top5 1.0\n")
+  loss, top1 = curves.parse(str(tmp_path))
+  assert loss == [(2, 2.5), (4, 2.0), (6, 1.5), (8, 1.25)]
+  assert top1 == [(4, 0.25), (8, 0.75)]
+  assert curves.plot({"a": str(log)}, str(tmp_path / "c.png")) == str(tmp_path / "c.png")
+  with pytest.raises(ValueError, match="no 'step S/N"):
+    (tmp_path / "empty.txt").write_text("devices: 1\n")
+    curves.parse(str(tmp_path / "empty.txt"))

@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 
 from deform3d.models import build_model, convert, resolved_config
 from deform3d.train import sharding as shd
+from deform3d.train import curves
 from deform3d.train.metrics import classification_metrics
 
 
@@ -410,5 +411,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   mngr.close()
   if writer:
     writer.close()
+  if is_main and (losses or start):  # the whole run's curves, resumed parts included
+    curves.plot({os.path.basename(os.path.normpath(workdir)): workdir},
+                os.path.join(workdir, "curves.png"))
   return {"train": metrics, "losses": losses, "eval": eval_metrics, "state": state,
           "trainer": trainer}
