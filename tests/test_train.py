@@ -468,3 +468,32 @@ def test_curves_parse_keeps_the_last_value_of_a_repeated_step(tmp_path):
   with pytest.raises(ValueError, match="no 'step S/N"):
     (tmp_path / "empty.txt").write_text("devices: 1\n")
     curves.parse(str(tmp_path / "empty.txt"))
+
+
+def test_summarize_runs_gives_median_min_max_and_lowest_class(tmp_path):
+  """``launch/summarize_runs.py``: three runs' reports -> top-1 and lowest-class accuracy as
+  median (min-max), computed here by hand from the confusion matrices."""
+  classes = ["a", "b", "c"]
+  matrices = {0: [[4, 0, 0], [0, 4, 0], [0, 0, 4]],   # 1.000, lowest 1.0
+              1: [[4, 0, 0], [0, 0, 4], [0, 0, 4]],   # 8/12, lowest b 0.0
+              2: [[3, 1, 0], [0, 4, 0], [0, 0, 4]]}   # 11/12, lowest a 0.75
+  dirs = []
+  for seed, cm in matrices.items():
+    w = tmp_path / f"s{seed}"
+    cm = np.asarray(cm)
+    report.write({"top1": np.trace(cm) / cm.sum(), "top5": 1.0, "mean_class_accuracy": 0.0,
+                  "num_examples": int(cm.sum()), "confusion_matrix": cm}, classes,
+                 str(w / "eval_test"))
+    (w / "config.json").write_text(json.dumps({"seed": seed}))
+    (w / "log.txt").write_text(f"step 10/10 | loss 1.0\neval at step 10: top1 0.{seed}\n")
+    dirs.append(str(w))
+  out = tmp_path / "summary.json"
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "summarize_runs.py"),
+                         *dirs, "--json", str(out)], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert "test top-1 0.917 (0.667-1.000) | lowest class 0.750 (0.000-1.000) | 3 runs" in proc.stdout
+  s = json.loads(out.read_text())
+  assert [(r["seed"], r["lowest_class"]) for r in s["runs"]][1:] == [(1, "b"), (2, "a")]
+  assert s["runs"][2]["val_top1"] == {"10": 0.2}
+  with pytest.raises(FileNotFoundError, match="no evaluation of split 'val'"):
+    report.summarize(dirs, "val")

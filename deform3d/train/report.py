@@ -49,3 +49,50 @@ def write(metrics: dict, classes: Sequence[str], out_dir: str) -> str:
                  f"top-1 {metrics['top1']:.3f}, mean class acc "
                  f"{metrics['mean_class_accuracy']:.3f} (n={metrics['num_examples']})")
   return out_dir
+
+
+def run_summary(workdir: str, split: str = "test") -> dict:
+  """One run's ``eval_{split}/metrics.json``: its seed, top-1, mean class accuracy and lowest
+  class (name, accuracy), and the validation top-1 the run logged (``{step: top1}``)."""
+  path = os.path.join(workdir, f"eval_{split}", "metrics.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no evaluation of split {split!r} in {workdir} (launch/"
+                            "train.py writes it at the end of a run; launch/eval.py for others)")
+  with open(path) as fh:
+    m = json.load(fh)
+  cm = np.asarray(m["confusion_matrix"])
+  per_class = np.diag(cm) / np.maximum(cm.sum(1), 1)
+  low = int(np.argmin(per_class))
+  seed = None
+  if os.path.exists(os.path.join(workdir, "config.json")):
+    with open(os.path.join(workdir, "config.json")) as fh:
+      seed = json.load(fh).get("seed")
+  val = {}
+  if os.path.exists(os.path.join(workdir, "log.txt")):
+    from deform3d.train import curves
+    val = dict(curves.parse(workdir)[1])
+  return {"workdir": workdir, "seed": seed, "top1": float(m["top1"]),
+          "mean_class_accuracy": float(m["mean_class_accuracy"]),
+          "lowest_class": m["classes"][low], "lowest_class_accuracy": float(per_class[low]),
+          "val_top1": val}
+
+
+def spread(values: Sequence[float]) -> dict:
+  """Median, min and max."""
+  v = np.asarray(values, float)
+  return {"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max()),
+          "runs": len(v)}
+
+
+def summarize(workdirs: Sequence[str], split: str = "test") -> dict:
+  """Runs of one recipe (e.g. seeds 0, 1, 2): each run, and the spread of top-1 and of the
+  lowest class's accuracy over them."""
+  runs = [run_summary(w, split) for w in workdirs]
+  return {"split": split, "runs": runs,
+          "top1": spread([r["top1"] for r in runs]),
+          "lowest_class_accuracy": spread([r["lowest_class_accuracy"] for r in runs])}
+
+
+def format_spread(s: dict, digits: int = 3) -> str:
+  """``0.996 (0.990-1.000)``: median (min-max)."""
+  return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
