@@ -59,6 +59,7 @@ def get_config(arg=None):
   c.model.rgb_merge = True
   c.model.rgb_query_pos = "cell"
   c.model.cross_init = "rgb"  # "rgb_pose": the first cross token also starts from pooled pose
+  c.model.cross_init_scale = 1.0  # initial scale of its projections (1: lecun normal)
   c.model.use_rgb = True
   c.model.use_pose = True
   c.model.dropout = 0.1

@@ -498,3 +498,11 @@ def test_cross_init_rgb_pose_pools_present_persons_only(rng):
   assert float(jnp.abs(apply(zeroed, keypoints) - logits).max()) > 1e-4  # the projection is used
   with pytest.raises(ValueError, match="cross_init must be one of"):
     build_model({**TINY, "cross_init": "pose"}).init(jax.random.key(0), frames, keypoints)
+  # cross_init_scale scales both projections' initial weights, nothing else.
+  inits = [jax.jit(build_model({**TINY, "cross_init": "rgb_pose", "cross_init_scale": s}).init)(
+      jax.random.key(3), frames, keypoints)["params"] for s in (1.0, 0.1)]
+  for name in ("cross_init", "cross_init_pose"):
+    np.testing.assert_allclose(inits[1][name]["kernel"], 0.1 * inits[0][name]["kernel"],
+                               rtol=1e-6)
+  rest = [{k: v for k, v in p.items() if not k.startswith("cross_init")} for p in inits]
+  jax.tree.map(np.testing.assert_array_equal, rest[0], rest[1])

@@ -30,3 +30,19 @@ def test_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
   for name in ("explain_attention/clip0_heatmap.png",
                "explain_integrated_gradients/clip0_heatmap.png", "predict/ntu_sample_skeleton.png"):
     assert (tmp_path / name).exists(), name
+
+
+def test_committed_notebook_shows_a_full_run():
+  """The notebook is committed with the outputs of a run in its full settings, so a reader on
+  GitHub or in Colab sees the results before running anything: no errors, the full settings'
+  marker, a test top-1 line, and the three figures."""
+  nbformat = pytest.importorskip("nbformat")
+  nb = nbformat.read(os.path.join(ROOT, "notebooks", "quickstart.ipynb"), as_version=4)
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+  assert not [o for o in outputs if o.output_type == "error"]
+  code = [c for c in nb.cells if c.cell_type == "code"]
+  assert all(c.get("execution_count") for c in code), "every code cell ran"
+  text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+  assert "full settings" in text and "small settings" not in text
+  assert "test top-1" in text
+  assert len([o for o in outputs if "image/png" in o.get("data", {})]) == 3

@@ -108,6 +108,9 @@ class Deform3DTransformer(nn.Module):
   # The first cross-modal token's start: "rgb" (the frame's pooled RGB tokens) or "rgb_pose"
   # (also the frame's pooled pose tokens); both ours, docs/model.md.
   cross_init: str = "rgb"
+  # Scale of the cross_init projections' initial weights (1: lecun normal; an initialization
+  # choice only, the parameters are the same).
+  cross_init_scale: float = 1.0
   fast: bool = True
   remat: bool = False
   scan: bool = False
@@ -281,11 +284,15 @@ class Deform3DTransformer(nn.Module):
     k = self.num_cross_tokens if self.design == "paper" else 1
     cross = self.param("cross_token", nn.initializers.normal(0.02), (1, 1, k, c))
     cross = jnp.broadcast_to(cross.astype(self.dtype), (b, t, k, c))
+    init = nn.initializers.variance_scaling(self.cross_init_scale ** 2, "fan_in",
+                                            "truncated_normal")
     if rgb is not None:
       pooled = jnp.concatenate([rgb.mean(axis=(2, 3)), rgb.max(axis=(2, 3))], axis=-1)
-      cross = cross.at[:, :, 0].add(nn.Dense(c, dtype=self.dtype, name="cross_init")(pooled))
+      cross = cross.at[:, :, 0].add(nn.Dense(c, dtype=self.dtype, kernel_init=init,
+                                             name="cross_init")(pooled))
     if self.cross_init == "rgb_pose" and self.use_pose:
-      cross = cross.at[:, :, 0].add(nn.Dense(c, dtype=self.dtype, name="cross_init_pose")(
+      cross = cross.at[:, :, 0].add(nn.Dense(c, dtype=self.dtype, kernel_init=init,
+                                             name="cross_init_pose")(
           pooled_pose(pose, person_mask, keypoints.shape[-2])))
 
     # Joint positions (x, y, time) for the pooled design's relative-position bias.
