@@ -104,14 +104,14 @@ def test_a_worker_dying_mid_epoch_is_survived(data_dir, servers):
   worker, still the local pipeline's clips, none twice; the epochs the dead worker held may
   have lost clips (at most once)."""
   dispatcher, workers = servers
-  local = _local_positions(data_dir, 10)
+  local = _local_positions(data_dir, 16)
   it = _stream(data_dir, service_target=dispatcher.target)
   first = _positions(it, local, 3)
   workers[1].stop()
   later = _positions(it, local, 3 * N)
   got = first + later
   assert len(set(got)) == len(got)
-  complete = [e for e in range(10) if set(range(e * N, (e + 1) * N)) <= set(got)]
+  complete = [e for e in range(16) if set(range(e * N, (e + 1) * N)) <= set(got)]
   assert complete, sorted(got)  # whole epochs still arrive, from the surviving worker
 
 
