@@ -37,14 +37,18 @@ def plot(runs: Mapping[str, str], out: str) -> str:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+  evaluated = False
   for name, path in runs.items():
     loss, top1 = parse(path)
     ax1.plot(*zip(*loss), label=name)
     if top1:
       ax2.plot(*zip(*top1), marker="o", label=name)
+      evaluated = True
   ax1.set_xlabel("step"), ax1.set_ylabel("training loss"), ax1.legend()
   ax2.set_xlabel("step"), ax2.set_ylabel("validation top-1"), ax2.set_ylim(0, 1.02)
-  ax2.legend(), ax2.grid(alpha=0.3), ax1.grid(alpha=0.3)
+  if evaluated:
+    ax2.legend()
+  ax2.grid(alpha=0.3), ax1.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(out, dpi=110)
   plt.close(fig)
