@@ -6,6 +6,15 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _outputs(nb):
+  """An executed notebook's printed text and its number of PNG figures; no cell may have
+  failed."""
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+  assert not [o for o in outputs if o.output_type == "error"]
+  text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+  return text, len([o for o in outputs if "image/png" in o.get("data", {})])
+
+
 @pytest.mark.heavy
 def test_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
   pytest.importorskip("tensorflow")
@@ -16,12 +25,9 @@ def test_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
   nb = nbformat.read(os.path.join(ROOT, "notebooks", "quickstart.ipynb"), as_version=4)
   NotebookClient(nb, timeout=900, kernel_name="python3",
                  resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}}).execute()
-  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-  assert not [o for o in outputs if o.output_type == "error"]
-  text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+  text, images = _outputs(nb)
   assert "small settings" in text and "test top-1" in text
-  images = [o for o in outputs if "image/png" in o.get("data", {})]
-  assert len(images) == 3  # two explanation heatmaps and the real clip's skeleton figure
+  assert images == 3  # two explanation heatmaps and the real clip's skeleton figure
   # The real clip's top-5: five lines "prob  class" with probabilities summing to at most 1.
   classes = open(tmp_path / "data" / "classes.txt").read().split()
   top = [line.split() for line in text.splitlines()
@@ -38,11 +44,9 @@ def test_committed_notebook_shows_a_full_run():
   marker, a test top-1 line, and the three figures."""
   nbformat = pytest.importorskip("nbformat")
   nb = nbformat.read(os.path.join(ROOT, "notebooks", "quickstart.ipynb"), as_version=4)
-  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-  assert not [o for o in outputs if o.output_type == "error"]
-  code = [c for c in nb.cells if c.cell_type == "code"]
-  assert all(c.get("execution_count") for c in code), "every code cell ran"
-  text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+  assert all(c.get("execution_count") for c in nb.cells if c.cell_type == "code"), \
+      "every code cell ran"
+  text, images = _outputs(nb)
   assert "full settings" in text and "small settings" not in text
   assert "test top-1" in text
-  assert len([o for o in outputs if "image/png" in o.get("data", {})]) == 3
+  assert images == 3

@@ -497,3 +497,11 @@ def test_summarize_runs_gives_median_min_max_and_lowest_class(tmp_path):
   assert s["runs"][2]["val_top1"] == {"10": 0.2}
   with pytest.raises(FileNotFoundError, match="no evaluation of split 'val'"):
     report.summarize(dirs, "val")
+
+
+def test_per_class_recall_leaves_absent_classes_out():
+  """Rows are true classes; a class with no examples is NaN, not 0 (so it is neither the
+  lowest class of a run nor part of the mean class accuracy)."""
+  from deform3d.train.metrics import per_class_recall
+  got = per_class_recall(np.array([[3, 1, 0], [0, 0, 0], [1, 0, 1]]))
+  np.testing.assert_allclose(got, [0.75, np.nan, 0.5])

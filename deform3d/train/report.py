@@ -7,6 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
+from deform3d.train.metrics import per_class_recall
+
 
 def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str, title: str = "") -> None:
   import matplotlib
@@ -60,9 +62,8 @@ def run_summary(workdir: str, split: str = "test") -> dict:
                             "train.py writes it at the end of a run; launch/eval.py for others)")
   with open(path) as fh:
     m = json.load(fh)
-  cm = np.asarray(m["confusion_matrix"])
-  per_class = np.diag(cm) / np.maximum(cm.sum(1), 1)
-  low = int(np.argmin(per_class))
+  per_class = per_class_recall(np.asarray(m["confusion_matrix"]))
+  low = int(np.nanargmin(per_class))  # of the classes the split has
   seed = None
   if os.path.exists(os.path.join(workdir, "config.json")):
     with open(os.path.join(workdir, "config.json")) as fh:
