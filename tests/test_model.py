@@ -506,3 +506,61 @@ def test_cross_init_rgb_pose_pools_present_persons_only(rng):
                                rtol=1e-6)
   rest = [{k: v for k, v in p.items() if not k.startswith("cross_init")} for p in inits]
   jax.tree.map(np.testing.assert_array_equal, rest[0], rest[1])
+
+
+def test_pose_norm_features_are_in_body_size_units(rng):
+  from deform3d.models.embeddings import PoseEmbed, pose_features
+  kp = rng.uniform(-0.3, 0.3, (2, 4, 6, 3)).astype(np.float32)
+  kp[..., 2] = rng.uniform(0.5, 1.0, kp.shape[:3])
+  kp[0, 1, 2] = (0.9, -0.9, 0.0)  # a missing joint (score 0) far from the body
+  raw = np.asarray(pose_features(jnp.asarray(kp)))
+  got = np.asarray(pose_features(jnp.asarray(kp), normalize=True))
+  # Reference: offsets and motion divided by the RMS offset over the clip's present joints.
+  present = kp[..., 2] > 0
+  for b in range(2):
+    size = np.sqrt((raw[b, ..., 3:5][present[b]] ** 2).sum(-1).mean())
+    np.testing.assert_allclose(got[b, ..., 3:], raw[b, ..., 3:] / size, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got[b, ..., :3], kp[b])
+  # Moving the person and scaling it about its centre leaves the normalized features unchanged.
+  moved = kp.copy()
+  centre = np.asarray([0.1, -0.2], np.float32)
+  moved[..., :2] = np.where(present[..., None], 0.4 * kp[..., :2] + centre, kp[..., :2])
+  np.testing.assert_allclose(np.asarray(pose_features(jnp.asarray(moved), normalize=True))[..., 3:],
+                             got[..., 3:], rtol=1e-4, atol=1e-5)
+  # The tokens' coordinate part is LayerNormed: unit RMS per token over the channels at init.
+  embed = PoseEmbed(16, normalize=True)
+  params = embed.init(jax.random.key(0), jnp.asarray(kp))["params"]
+  assert set(params["coord_norm"]) == {"scale", "bias"}
+  no_embeddings = dict(params, joint_embed=jnp.zeros_like(params["joint_embed"]),
+                       time_embed=jnp.zeros_like(params["time_embed"]))
+  tokens = np.asarray(embed.apply({"params": no_embeddings}, jnp.asarray(kp)))
+  np.testing.assert_allclose(np.sqrt((tokens[present] ** 2).mean(-1)), 1.0, rtol=1e-3)
+  assert "coord_norm" not in PoseEmbed(16).init(jax.random.key(0), jnp.asarray(kp))["params"]
+
+
+@pytest.mark.slow
+def test_cross_rgb_scale_zero_starts_the_fusion_tokens_from_pose_alone(rng):
+  frames, keypoints = make_inputs(rng)
+  model = build_model({**TINY, "cross_rgb_scale": 0.0, "cross_init_scale": 0.0,
+                       "drop_path": 0.0})
+  params = init(model, frames, keypoints)["params"]
+  for i in range(2):
+    np.testing.assert_array_equal(params[f"block{i}"]["drop_cross_scale"], 0.0)
+    np.testing.assert_allclose(params[f"block{i}"]["drop_joint_scale"], 0.1)  # layer_scale
+  np.testing.assert_array_equal(params["cross_init"]["kernel"], 0.0)
+  # At initialization the classifying tokens see no RGB: other frames, the same features.
+  params = dict(params, head=dict(params["head"], kernel=jnp.asarray(
+      rng.standard_normal(params["head"]["kernel"].shape), jnp.float32)))
+  apply = jax.jit(lambda p, f, k: model.apply({"params": p}, f, k))
+  other = jnp.asarray(rng.standard_normal(frames.shape), jnp.float32)
+  np.testing.assert_allclose(apply(params, other, keypoints), apply(params, frames, keypoints),
+                             rtol=1e-5, atol=1e-6)
+  # Once the gate opens (as training moves it), the frames reach them.
+  opened = dict(params, block0=dict(params["block0"], drop_cross_scale=jnp.full_like(
+      params["block0"]["drop_cross_scale"], 0.1)))
+  moved = apply(opened, other, keypoints) - apply(opened, frames, keypoints)
+  assert float(jnp.abs(moved).max()) > 1e-4
+  # Without layer_scale the gate is the only LayerScale parameter.
+  plain = build_model({**TINY, "layer_scale": 0.0, "cross_rgb_scale": 0.0})
+  names = set(init(plain, frames, keypoints)["params"]["block0"])
+  assert {n for n in names if n.endswith("_scale")} == {"drop_cross_scale"}

@@ -32,6 +32,10 @@ CONFIGS = [
     # with nobody.
     (dict(variant="tiny", num_classes=4, joint_window=3, joint_strides=(2, 1), drop_path=0.0),
      4, 7, 3),
+    # Pose features in body-size units with LayerNormed tokens, and the RGB -> cross gate as
+    # the only LayerScale (the embedded recipe's options), two persons.
+    (dict(variant="tiny", num_classes=4, joint_window=3, pose_norm=True, cross_rgb_scale=0.0,
+          layer_scale=0.0, drop_path=0.0), 4, 7, 2),
 ]
 
 

@@ -142,7 +142,7 @@ def rgb_stem(p, frames, cfg):
   return x + (p["pos_t"] + p["pos_h"] + p["pos_w"])
 
 
-def pose_features(kp):
+def pose_features(kp, normalize=False):
   xy = kp[..., :2]
   present = (kp[..., 2:3] > 0).to(kp.dtype) if kp.shape[-1] > 2 else torch.ones_like(xy[..., :1])
   count = present.sum(dim=2, keepdim=True).clamp_min(1.0)
@@ -150,7 +150,13 @@ def pose_features(kp):
   rel = (xy - centre) * present
   motion = torch.cat([torch.zeros_like(rel[:, :1]), rel[:, 1:] - rel[:, :-1]], dim=1)
   prev = torch.cat([torch.zeros_like(present[:, :1]), present[:, :-1]], dim=1)
-  return torch.cat([kp, rel, motion * present * prev], dim=-1)
+  motion = motion * present * prev
+  if normalize:  # the clip's body size: RMS offset over its present joints and frames
+    count = present.sum(dim=(1, 2, 3)).clamp(min=1.0)
+    size = torch.sqrt((rel ** 2).sum(dim=(1, 2, 3)) / count)
+    size = torch.where(size > 0, size, torch.ones_like(size))[:, None, None, None]
+    rel, motion = rel / size, motion / size
+  return torch.cat([kp, rel, motion], dim=-1)
 
 
 def pose_embed(p, keypoints, b, cfg):
@@ -162,10 +168,12 @@ def pose_embed(p, keypoints, b, cfg):
   tokens = tokens.expand(-1, persons, -1, -1).flatten(1, 2)
   tokens = tokens.expand((b,) + tokens.shape)
   if cfg["use_pose"]:
-    feats = [temporal_pool(pose_features(keypoints[:, m].float()), cfg["stem_temporal_stride"])
-             for m in range(persons)]
-    x = torch.cat(feats, dim=2)
-    tokens = tokens + dense(p["coord_fc2"], gelu(dense(p["coord_fc1"], x)))
+    feats = [temporal_pool(pose_features(keypoints[:, m].float(), cfg.get("pose_norm", False)),
+                           cfg["stem_temporal_stride"]) for m in range(persons)]
+    x = dense(p["coord_fc2"], gelu(dense(p["coord_fc1"], torch.cat(feats, dim=2))))
+    if cfg.get("pose_norm", False):
+      x = layer_norm(p["coord_norm"], x)
+    tokens = tokens + x
   return tokens
 
 
@@ -401,7 +409,8 @@ def pooled_block(p, rgb, cross, pose, pose_pos, cfg, i, train, groups):
 
 def _residual(p, cfg, i, train):
   rate = cfg["drop_path"] * i / max(cfg["depth"] - 1, 1)
-  return lambda name, y: drop_path(y * p[f"{name}_scale"] if cfg["layer_scale"] else y, rate,
+  # A LayerScale where the block has one (``layer_scale``, or the gate ``cross_rgb_scale``).
+  return lambda name, y: drop_path(y * p[f"{name}_scale"] if f"{name}_scale" in p else y, rate,
                                    train)
 
 

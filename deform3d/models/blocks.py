@@ -50,6 +50,9 @@ class _BlockBase(nn.Module):
   dtype: Dtype
   rgb_query_pos: str = "cell"
   sampler_backward: str = "auto"
+  # Initial LayerScale of the deformable attention's update of the cross-modal tokens (the path
+  # from RGB into them); ``None``: ``layer_scale``. 0 starts the fusion tokens from pose alone.
+  cross_rgb_scale: Any = None
   # A row of ``stride_attention.joint_plans`` (data when blocks are scanned) replacing the
   # static groups of ``joint_stride``; ``None``: the static groups.
   joint_plan: Any = None
@@ -62,9 +65,10 @@ class _BlockBase(nn.Module):
 
   def residual(self, name, y, deterministic):
     """Residual branch: per-channel LayerScale (CaiT) then drop path."""
-    if self.layer_scale:
-      gamma = self.param(f"{name}_scale", nn.initializers.constant(self.layer_scale),
-                         (y.shape[-1],))
+    gated = name == "drop_cross" and self.cross_rgb_scale is not None
+    scale = self.cross_rgb_scale if gated else self.layer_scale
+    if self.layer_scale or gated:
+      gamma = self.param(f"{name}_scale", nn.initializers.constant(scale), (y.shape[-1],))
       y = y * gamma.astype(y.dtype)
     noise = None if self.drop_noise is None else self.drop_noise[RESIDUALS.index(name)]
     return DropPath(self.drop_path, name=name)(y, deterministic=deterministic, noise=noise)

@@ -111,6 +111,10 @@ class Deform3DTransformer(nn.Module):
   # Scale of the cross_init projections' initial weights (1: lecun normal; an initialization
   # choice only, the parameters are the same).
   cross_init_scale: float = 1.0
+  pose_norm: bool = False  # pose features in body-size units and LayerNormed tokens (ours)
+  # Initial LayerScale of the RGB -> cross-modal token update in each block (``None``:
+  # ``layer_scale``); with ``cross_init_scale=0`` too, the fusion tokens start from pose alone.
+  cross_rgb_scale: Optional[float] = None
   fast: bool = True
   remat: bool = False
   scan: bool = False
@@ -202,6 +206,7 @@ class Deform3DTransformer(nn.Module):
         temporal_stride=self.temporal_strides[i] if self.merges_in_block else 1,
         mlp_ratio=self.mlp_ratio, dropout=self.dropout, attn_dropout=self.attn_dropout,
         drop_path=self.drop_path * i / max(self.depth - 1, 1), layer_scale=self.layer_scale,
+        cross_rgb_scale=self.cross_rgb_scale,
         rgb_merge=self.rgb_merge, rgb_query_pos=self.rgb_query_pos,
         sampler_backward=self.sampler_backward, dtype=self.dtype)
 
@@ -272,6 +277,7 @@ class Deform3DTransformer(nn.Module):
                     temporal_stride=self.stem_temporal_stride, dtype=self.dtype,
                     name="rgb_stem")(frames)
     pose = PoseEmbed(c, temporal_stride=self.stem_temporal_stride, use_coords=self.use_pose,
+                     normalize=self.pose_norm,
                      dtype=self.dtype, name="pose_embed")(keypoints)
     t = pose.shape[1]
 
@@ -284,8 +290,10 @@ class Deform3DTransformer(nn.Module):
     k = self.num_cross_tokens if self.design == "paper" else 1
     cross = self.param("cross_token", nn.initializers.normal(0.02), (1, 1, k, c))
     cross = jnp.broadcast_to(cross.astype(self.dtype), (b, t, k, c))
-    init = nn.initializers.variance_scaling(self.cross_init_scale ** 2, "fan_in",
-                                            "truncated_normal")
+    init = nn.initializers.zeros
+    if self.cross_init_scale:
+      init = nn.initializers.variance_scaling(self.cross_init_scale ** 2, "fan_in",
+                                              "truncated_normal")
     if rgb is not None:
       pooled = jnp.concatenate([rgb.mean(axis=(2, 3)), rgb.max(axis=(2, 3))], axis=-1)
       cross = cross.at[:, :, 0].add(nn.Dense(c, dtype=self.dtype, kernel_init=init,
