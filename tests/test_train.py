@@ -164,6 +164,16 @@ def test_fingerprint_ignores_only_how_the_model_is_computed(data_dir):
   assert trainer.fingerprint_diff(legacy, want) == []
   config.model.scan = True
   assert trainer.fingerprint_diff(legacy, trainer.fingerprint(config)) == ["merge_in_block"]
+  # Written before the cross-token and pose options existed: their old function, the same
+  # model; the same settings changed are another.
+  added = ("cross_init", "cross_init_scale", "pose_norm", "cross_rgb_scale")
+  config.model.scan = False
+  want = trainer.fingerprint(config)
+  before = {**want, "model": {k: v for k, v in want["model"].items() if k not in added}}
+  assert trainer.fingerprint_diff(before, want) == []
+  config.model.pose_norm, config.model.cross_rgb_scale = True, 0.0
+  assert trainer.fingerprint_diff(before, trainer.fingerprint(config)) == ["cross_rgb_scale",
+                                                                           "pose_norm"]
 
 
 @pytest.mark.slow

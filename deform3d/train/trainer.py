@@ -64,8 +64,10 @@ COMPUTATION_ONLY = ("fast", "remat", "sampler_backward", "attention_kernel")
 # is converted on restore (``deform3d.models.convert``).
 LAYOUT_ONLY = ("scan",)
 # Values of settings that a checkpoint written before they existed had: blocks merged before
-# their MLP, one per-block parameter tree.
-LEGACY = {"merge_in_block": True, "scan": False}
+# their MLP, one per-block parameter tree, the cross token started from RGB at lecun scale, the
+# pose features in image units.
+LEGACY = {"merge_in_block": True, "scan": False, "cross_init": "rgb", "cross_init_scale": 1.0,
+          "pose_norm": False, "cross_rgb_scale": None}
 
 
 def fingerprint_diff(got: dict, want: dict) -> list:
