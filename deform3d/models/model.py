@@ -108,8 +108,8 @@ class Deform3DTransformer(nn.Module):
   # The first cross-modal token's start: "rgb" (the frame's pooled RGB tokens) or "rgb_pose"
   # (also the frame's pooled pose tokens); both ours, docs/model.md.
   cross_init: str = "rgb"
-  # Scale of the cross_init projections' initial weights (1: lecun normal; an initialization
-  # choice only, the parameters are the same).
+  # Scale of the cross_init projections' initial weights (1: lecun normal; 0: zeros; an
+  # initialization choice only, the parameters are the same).
   cross_init_scale: float = 1.0
   pose_norm: bool = False  # pose features in body-size units and LayerNormed tokens (ours)
   # Initial LayerScale of the RGB -> cross-modal token update in each block (``None``:
