@@ -413,3 +413,45 @@ def test_top_predictions_are_the_most_probable_classes():
   probs = np.exp(logits) / np.exp(logits).sum()
   np.testing.assert_allclose([p["prob"] for p in top], probs[[1, 3, 0]], rtol=1e-12)
   assert explain.top_predictions(logits)[0]["name"] == "1"  # no class names: the index
+
+
+def _report(acc, hits, aucs, drops, random_drop):
+  """A hand-made ``--faithfulness`` report: methods a, b with the given hit rates and AUCs."""
+  return {"ks": [1, 3], "accuracy": acc, "random": {"deletion": {
+      "1": {"prob_drop": random_drop}, "3": {"prob_drop": 2 * random_drop}}},
+          "methods": {m: {"hit_rate": h, "chance": 0.25, "auc": a, "deletion": {
+              "1": {"prob_drop": d}, "3": {"prob_drop": 2 * d}}}
+                      for m, h, a, d in zip("ab", hits, aucs, drops)}}
+
+
+def test_faithfulness_over_runs_gives_each_median_and_range_and_each_runs_ranking(tmp_path):
+  from deform3d.explain import faithfulness as fm
+  reports = [_report(0.9, (0.6, 0.4), (0.7, 0.8), (0.3, 0.1), 0.05),
+             _report(1.0, (0.2, 0.5), (0.6, 0.9), (0.1, 0.2), 0.07),
+             _report(0.95, (0.5, 0.3), (0.9, 0.5), (0.2, 0.4), 0.06)]
+  s = fm.over_runs(reports)
+  assert s["runs"] == 3 and s["accuracy"] == {"median": 0.95, "min": 0.9, "max": 1.0, "runs": 3}
+  assert s["methods"]["a"]["hit_rate"] == {"median": 0.5, "min": 0.2, "max": 0.6, "runs": 3}
+  assert s["methods"]["b"]["auc"]["median"] == 0.8
+  assert s["methods"]["b"]["prob_drop"][3] == {"median": 0.4, "min": 0.2, "max": 0.8, "runs": 3}
+  assert s["random"][1]["median"] == 0.06
+  # The ranking can flip between models: by hit rate a, b, a; by AUC b, b, a.
+  assert s["ranks"]["hit_rate"] == [["a", "b"], ["b", "a"], ["a", "b"]]
+  assert s["ranks"]["auc"] == [["b", "a"], ["b", "a"], ["a", "b"]]
+  bad = _report(0.9, (0.6, 0.4), (0.7, 0.8), (0.3, 0.1), 0.05)
+  del bad["methods"]["b"]
+  with pytest.raises(ValueError, match="report 1: methods"):
+    fm.over_runs([reports[0], bad])
+  # The command line: a report per model (a directory or the JSON), a table and the rankings.
+  paths = []
+  for i, r in enumerate(reports):
+    os.makedirs(tmp_path / str(i))
+    paths.append(str(tmp_path / str(i) / "faithfulness.json"))
+    json.dump(r, open(paths[-1], "w"))
+  proc = subprocess.run([sys.executable, "launch/summarize_faithfulness.py", str(tmp_path / "0"),
+                         paths[1], paths[2], "--json", str(tmp_path / "s.json")], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "| a | 0.500 (0.200-0.600) (0.250) | 0.700 (0.600-0.900) |" in proc.stdout
+  assert "by hit_rate: b > a" in proc.stdout
+  assert json.load(open(tmp_path / "s.json"))["ranks"]["auc"][2] == ["a", "b"]

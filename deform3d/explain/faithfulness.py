@@ -142,3 +142,32 @@ def point_flag_share(points: np.ndarray, weight: np.ndarray, flag: np.ndarray,
   total = weight.sum()
   share = float((weight * near).sum() / total) if total > 0 else float("nan")
   return share, float(near.mean())
+
+
+def over_runs(reports: Sequence[dict]) -> dict:
+  """``launch/explain.py --faithfulness`` reports of several models (e.g. seeds 0, 1, 2) as
+  ``{method: {metric: {"median", "min", "max", "runs"}}}`` for the hit rate, its chance, the AUC
+  and each deletion's true-class probability drop, and ``"ranks"``: each run's methods ordered by
+  hit rate and by AUC, best first (does a conclusion hold on every model, or on one?)."""
+  if not reports:
+    raise ValueError("over_runs: no reports")
+  methods = list(reports[0]["methods"])
+  for i, r in enumerate(reports):
+    if list(r["methods"]) != methods or r["ks"] != reports[0]["ks"]:
+      raise ValueError(f"report {i}: methods {list(r['methods'])} ks {r['ks']}; report 0 has "
+                       f"{methods} ks {reports[0]['ks']} (run --faithfulness alike)")
+  from deform3d.train.report import spread
+  out = {"ks": reports[0]["ks"], "runs": len(reports),
+         "accuracy": spread([r["accuracy"] for r in reports]), "methods": {},
+         "random": {k: spread([r["random"]["deletion"][str(k)]["prob_drop"] for r in reports])
+                    for k in reports[0]["ks"]}}
+  for m in methods:
+    rows = [r["methods"][m] for r in reports]
+    out["methods"][m] = {"hit_rate": spread([x["hit_rate"] for x in rows]),
+                         "chance": spread([x["chance"] for x in rows]),
+                         "auc": spread([x["auc"] for x in rows]),
+                         "prob_drop": {k: spread([x["deletion"][str(k)]["prob_drop"]
+                                                  for x in rows]) for k in out["ks"]}}
+  out["ranks"] = {key: [sorted(methods, key=lambda m: -r["methods"][m][key]) for r in reports]
+                  for key in ("hit_rate", "auc")}
+  return out
