@@ -174,6 +174,12 @@ def test_fingerprint_ignores_only_how_the_model_is_computed(data_dir):
   config.model.pose_norm, config.model.cross_rgb_scale = True, 0.0
   assert trainer.fingerprint_diff(before, trainer.fingerprint(config)) == ["cross_rgb_scale",
                                                                            "pose_norm"]
+  # cross_rgb_scale=None means "as layer_scale": a value equal to it is the same model (how a
+  # workdir of the earlier default is named on the command line, where None cannot be written).
+  config.model.pose_norm, config.model.cross_rgb_scale = False, config.model.layer_scale
+  assert trainer.fingerprint_diff(before, trainer.fingerprint(config)) == []
+  config.model.cross_rgb_scale = config.model.layer_scale / 2
+  assert trainer.fingerprint_diff(before, trainer.fingerprint(config)) == ["cross_rgb_scale"]
 
 
 @pytest.mark.slow

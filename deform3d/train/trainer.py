@@ -74,8 +74,14 @@ def fingerprint_diff(got: dict, want: dict) -> list:
   """The model settings (and ``"num_classes"``) in which two fingerprints differ, leaving out
   ``COMPUTATION_ONLY``; empty when a checkpoint of ``got`` may be restored under ``want``."""
   keys = (set(got["model"]) | set(want["model"])) - set(COMPUTATION_ONLY) - set(LAYOUT_ONLY)
-  diff = sorted(k for k in keys if got["model"].get(k, LEGACY.get(k))
-                != want["model"].get(k, LEGACY.get(k)))
+
+  def value(fp, k):
+    v = fp["model"].get(k, LEGACY.get(k))
+    if k == "cross_rgb_scale" and v is None:  # None: as layer_scale, the same model
+      v = fp["model"].get("layer_scale")
+    return v
+
+  diff = sorted(k for k in keys if value(got, k) != value(want, k))
   if got.get("num_classes") != want.get("num_classes") and "num_classes" not in diff:
     diff.append("num_classes")
   return diff
