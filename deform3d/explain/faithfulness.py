@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from deform3d.explain.importance import softmax
+from deform3d.train.report import spread
 
 
 def joint_scores(importance: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -156,7 +157,6 @@ def over_runs(reports: Sequence[dict]) -> dict:
     if list(r["methods"]) != methods or r["ks"] != reports[0]["ks"]:
       raise ValueError(f"report {i}: methods {list(r['methods'])} ks {r['ks']}; report 0 has "
                        f"{methods} ks {reports[0]['ks']} (run --faithfulness alike)")
-  from deform3d.train.report import spread
   out = {"ks": reports[0]["ks"], "runs": len(reports),
          "accuracy": spread([r["accuracy"] for r in reports]), "methods": {},
          "random": {k: spread([r["random"]["deletion"][str(k)]["prob_drop"] for r in reports])
