@@ -355,6 +355,25 @@ def test_integrated_gradients_are_complete(rng):
   assert np.all(np.ptp(np.where(seen[..., None], np.asarray(base_k)[..., :2], 0), axis=2) < 1e-6)
 
 
+@pytest.mark.slow
+def test_integrated_gradients_are_finite_with_the_default_pose_options(rng):
+  """The embedded default's pose options (``pose_norm``, fusion start from pose): a clip whose
+  second person is absent has finite attributions (a NaN there once spoiled the completeness
+  check of every one-person clip)."""
+  from deform3d.explain import methods
+  model = build_model({**TINY, "pose_norm": True, "cross_rgb_scale": 0.0, "drop_path": 0.0})
+  frames = jnp.asarray(rng.standard_normal((2, 8, 32, 32, 3)), jnp.float32)
+  kp = rng.uniform(-1, 1, (2, 2, 8, 7, 3)).astype(np.float32)
+  kp[..., 2] = rng.uniform(0.5, 1.0, kp.shape[:-1])
+  kp[1, 1] = 0.0
+  abstract = jax.eval_shape(model.init, jax.random.key(0), frames, jnp.asarray(kp))
+  variables = {"params": random_params(abstract["params"], rng)}
+  out = methods.explain_batch("integrated_gradients", model, variables, frames, kp,
+                              jnp.asarray([0, 2]), steps=4)
+  assert np.isfinite(out["attribution_sum"]).all() and np.isfinite(out["joints"]).all()
+  assert np.all(out["joints"][1, :, 7:] == 0)
+
+
 def test_faithfulness_metrics_on_hand_made_scores(rng):
   from deform3d.explain import faithfulness as fm
   scores = np.array([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])

@@ -536,6 +536,14 @@ def test_pose_norm_features_are_in_body_size_units(rng):
   tokens = np.asarray(embed.apply({"params": no_embeddings}, jnp.asarray(kp)))
   np.testing.assert_allclose(np.sqrt((tokens[present] ** 2).mean(-1)), 1.0, rtol=1e-3)
   assert "coord_norm" not in PoseEmbed(16).init(jax.random.key(0), jnp.asarray(kp))["params"]
+  # An absent person (every score 0, as the second person of a one-person clip): zero offsets
+  # and motion, and finite gradients w.r.t. the keypoints (what integrated gradients reads).
+  absent = kp.copy()
+  absent[1, ..., 2] = 0.0
+  feats = pose_features(jnp.asarray(absent), normalize=True)
+  np.testing.assert_array_equal(np.asarray(feats)[1, ..., 3:], 0.0)
+  grad = jax.grad(lambda k: jnp.sum(pose_features(k, normalize=True) ** 2))(jnp.asarray(absent))
+  assert np.isfinite(np.asarray(grad)).all()
 
 
 @pytest.mark.slow

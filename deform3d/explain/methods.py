@@ -259,10 +259,14 @@ def explain_batch(method: str, model, variables, frames, keypoints, target=None,
   if method == "integrated_gradients":
     af, ak, logits, gap = integrated_gradients(model, variables, frames, keypoints, target,
                                                steps)
+    total = np.asarray(af.sum(axis=(1, 2, 3, 4)) + ak.reshape(ak.shape[0], -1).sum(-1))
+    if not np.isfinite(total).all():  # a NaN gradient (e.g. of an absent person) spoils a clip
+      raise FloatingPointError(
+          f"integrated_gradients: non-finite attributions for clips "
+          f"{np.flatnonzero(~np.isfinite(total)).tolist()} of the batch")
     pixels = np.abs(np.asarray(af)).sum(axis=-1)                           # (B, T, H, W)
     return {"joints": _joints_of(ak), "frames": pixels.sum(axis=(2, 3)), "pixels": pixels,
-            "logits": np.asarray(logits), "attribution_sum": np.asarray(
-                af.sum(axis=(1, 2, 3, 4)) + ak.reshape(ak.shape[0], -1).sum(-1)),
+            "logits": np.asarray(logits), "attribution_sum": total,
             "logit_gap": np.asarray(gap)}
   if method == "attention":
     from deform3d.models import attention_maps

@@ -113,8 +113,10 @@ def pose_features(keypoints, normalize: bool = False):
                                               axis=1)
   if normalize:
     n = jnp.maximum(present.sum(axis=(1, 2), keepdims=True), 1.0)
-    size = jnp.sqrt((rel ** 2).sum(axis=(1, 2, 3), keepdims=True) / n)  # (B, 1, 1, 1)
-    size = jnp.where(size > 0, size, 1.0)
+    power = (rel ** 2).sum(axis=(1, 2, 3), keepdims=True) / n  # (B, 1, 1, 1)
+    # A clip with no present joint (an absent second person) has size 0: divide by 1 there, and
+    # take the root of 1, not 0, so that its gradient (infinite at 0) does not make NaN.
+    size = jnp.sqrt(jnp.where(power > 0, power, 1.0))
     rel, motion = rel / size, motion / size
   return jnp.concatenate([keypoints, rel, motion], axis=-1)
 
