@@ -459,10 +459,11 @@ def test_uint8_frames_are_normalized_inside_the_model(rng):
   keypoints = jnp.asarray(rng.uniform(-1, 1, (2, 4, 17, 3)), jnp.float32)
   abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.asarray(pixels), keypoints)
   variables = {"params": random_params(abstract["params"], rng)}  # no zero-initialized head
-  got = model.apply(variables, jnp.asarray(pixels), keypoints)
-  want = model.apply(variables, jnp.asarray((pixels.astype(np.float32) - MEAN) / STD), keypoints)
+  apply = jax.jit(model.apply)  # one compile per input dtype, not op-by-op dispatch
+  got = apply(variables, jnp.asarray(pixels), keypoints)
+  want = apply(variables, jnp.asarray((pixels.astype(np.float32) - MEAN) / STD), keypoints)
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-  raw = model.apply(variables, jnp.asarray(pixels, jnp.float32), keypoints)  # not normalized
+  raw = apply(variables, jnp.asarray(pixels, jnp.float32), keypoints)  # not normalized
   assert np.abs(np.asarray(raw) - np.asarray(want)).max() > 1e-2
 
 
@@ -497,7 +498,8 @@ def test_cross_init_rgb_pose_pools_present_persons_only(rng):
                                                                params["cross_init_pose"]))
   assert float(jnp.abs(apply(zeroed, keypoints) - logits).max()) > 1e-4  # the projection is used
   with pytest.raises(ValueError, match="cross_init must be one of"):
-    build_model({**TINY, "cross_init": "pose"}).init(jax.random.key(0), frames, keypoints)
+    jax.eval_shape(build_model({**TINY, "cross_init": "pose"}).init, jax.random.key(0), frames,
+                   keypoints)  # raised while tracing
   # cross_init_scale scales both projections' initial weights, nothing else.
   inits = [jax.jit(build_model({**TINY, "cross_init": "rgb_pose", "cross_init_scale": s}).init)(
       jax.random.key(3), frames, keypoints)["params"] for s in (1.0, 0.1)]

@@ -9,12 +9,7 @@ from deform3d.models import build_model, convert
 from deform3d.models.layers import DropPath
 from deform3d.models.model import stages
 from deform3d.models.stride_attention import joint_plans, person_groups
-
-
-def perturbed(params, seed=0, scale=0.05):
-  """Every leaf moved off its initial value (zero-initialized heads and offsets included)."""
-  rs = np.random.RandomState(seed)
-  return jax.tree.map(lambda x: x + scale * jnp.asarray(rs.randn(*x.shape), x.dtype), params)
+from tests.test_fast_paths import random_params
 
 
 def _inputs(persons, joints, seed=0):
@@ -30,7 +25,9 @@ def _check_scan_equals_loop(settings, persons, joints):
   loop = build_model({**settings, "scan": False, "merge_in_block": False})
   scanned = build_model({**settings, "scan": True})
   frames, keypoints = _inputs(persons, joints)
-  params = perturbed(loop.init(jax.random.key(0), frames, keypoints)["params"])
+  # Drawn parameters (every leaf off zero, heads and offsets included): no init to compile.
+  abstract = jax.eval_shape(loop.init, jax.random.key(0), frames, keypoints)["params"]
+  params = random_params(abstract, np.random.default_rng(0))
   stacked = convert.stack_blocks(params, scanned)
   assert convert.layout(stacked) == "stacked" and convert.layout(params) == "per_block"
 
