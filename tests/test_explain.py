@@ -191,16 +191,22 @@ AUC_MARGIN = 0.02
 
 # --- Methods beside raw attention (deform3d/explain/methods.py) and their faithfulness scores ---
 
-def tiny_two_person(rng):
-  """The tiny model, two persons of 7 joints (the second absent in clip 1), random parameters."""
-  from deform3d.explain import methods
-  model = build_model(TINY)
+def tiny_two_person_model(rng, **options):
+  """``(model, variables, frames, keypoints)``: the tiny model (with ``options``), two persons
+  of 7 joints (the second absent in clip 1), random parameters."""
+  model = build_model({**TINY, **options})
   frames = jnp.asarray(rng.standard_normal((2, 8, 32, 32, 3)), jnp.float32)
   kp = rng.uniform(-1, 1, (2, 2, 8, 7, 3)).astype(np.float32)
   kp[..., 2] = rng.uniform(0.5, 1.0, kp.shape[:-1])
   kp[1, 1] = 0.0
   abstract = jax.eval_shape(model.init, jax.random.key(0), frames, jnp.asarray(kp))
-  variables = {"params": random_params(abstract["params"], rng)}
+  return model, {"params": random_params(abstract["params"], rng)}, frames, kp
+
+
+def tiny_two_person(rng):
+  """``tiny_two_person_model`` with targets and its attention maps and their gradients."""
+  from deform3d.explain import methods
+  model, variables, frames, kp = tiny_two_person_model(rng)
   target = jnp.asarray([0, 2])
   logits, maps, grads, _ = methods.attention_grads(model, variables, frames, jnp.asarray(kp),
                                                    target)
@@ -361,13 +367,8 @@ def test_integrated_gradients_are_finite_with_the_default_pose_options(rng):
   second person is absent has finite attributions (a NaN there once spoiled the completeness
   check of every one-person clip)."""
   from deform3d.explain import methods
-  model = build_model({**TINY, "pose_norm": True, "cross_rgb_scale": 0.0, "drop_path": 0.0})
-  frames = jnp.asarray(rng.standard_normal((2, 8, 32, 32, 3)), jnp.float32)
-  kp = rng.uniform(-1, 1, (2, 2, 8, 7, 3)).astype(np.float32)
-  kp[..., 2] = rng.uniform(0.5, 1.0, kp.shape[:-1])
-  kp[1, 1] = 0.0
-  abstract = jax.eval_shape(model.init, jax.random.key(0), frames, jnp.asarray(kp))
-  variables = {"params": random_params(abstract["params"], rng)}
+  model, variables, frames, kp = tiny_two_person_model(
+      rng, pose_norm=True, cross_rgb_scale=0.0, drop_path=0.0)
   out = methods.explain_batch("integrated_gradients", model, variables, frames, kp,
                               jnp.asarray([0, 2]), steps=4)
   assert np.isfinite(out["attribution_sum"]).all() and np.isfinite(out["joints"]).all()
