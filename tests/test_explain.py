@@ -363,7 +363,7 @@ def test_integrated_gradients_are_complete(rng):
 
 @pytest.mark.slow
 def test_integrated_gradients_are_finite_with_the_default_pose_options(rng):
-  """The embedded default's pose options (``pose_norm``, fusion start from pose): a clip whose
+  """The embedded default's model options (``pose_norm``, ``cross_rgb_scale=0``): a clip whose
   second person is absent has finite attributions (a NaN there once spoiled the completeness
   check of every one-person clip)."""
   from deform3d.explain import methods
