@@ -153,8 +153,8 @@ def pose_features(kp, normalize=False):
   motion = motion * present * prev
   if normalize:  # the clip's body size: RMS offset over its present joints and frames
     count = present.sum(dim=(1, 2, 3)).clamp(min=1.0)
-    size = torch.sqrt((rel ** 2).sum(dim=(1, 2, 3)) / count)
-    size = torch.where(size > 0, size, torch.ones_like(size))[:, None, None, None]
+    power = (rel ** 2).sum(dim=(1, 2, 3)) / count  # root of 1, not 0, where nobody is present:
+    size = torch.sqrt(torch.where(power > 0, power, torch.ones_like(power)))[:, None, None, None]
     rel, motion = rel / size, motion / size
   return torch.cat([kp, rel, motion], dim=-1)
 
