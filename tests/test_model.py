@@ -500,7 +500,14 @@ def test_cross_init_rgb_pose_pools_present_persons_only(rng):
   with pytest.raises(ValueError, match="cross_init must be one of"):
     jax.eval_shape(build_model({**TINY, "cross_init": "pose"}).init, jax.random.key(0), frames,
                    keypoints)  # raised while tracing
-  # cross_init_scale scales both projections' initial weights, nothing else.
+
+
+@pytest.mark.slow
+def test_cross_init_scale_scales_the_projections_only(rng):
+  """``cross_init_scale`` scales both cross_init projections' initial weights, nothing else
+  (two compiled inits: about 25 s, hence slow)."""
+  frames, _ = make_inputs(rng)
+  keypoints = np.asarray(rng.uniform(-1, 1, (2, 2, 4, 5, 3)), np.float32)
   inits = [jax.jit(build_model({**TINY, "cross_init": "rgb_pose", "cross_init_scale": s}).init)(
       jax.random.key(3), frames, keypoints)["params"] for s in (1.0, 0.1)]
   for name in ("cross_init", "cross_init_pose"):

@@ -21,7 +21,9 @@ def _inputs(persons, joints, seed=0):
   return frames, jnp.asarray(keypoints)
 
 
-def _check_scan_equals_loop(settings, persons, joints):
+def _loop_and_scanned(settings, persons, joints):
+  """The loop and scanned models of ``settings``, inputs, drawn per-block parameters and the
+  same parameters stacked."""
   loop = build_model({**settings, "scan": False, "merge_in_block": False})
   scanned = build_model({**settings, "scan": True})
   frames, keypoints = _inputs(persons, joints)
@@ -30,6 +32,11 @@ def _check_scan_equals_loop(settings, persons, joints):
   params = random_params(abstract, np.random.default_rng(0))
   stacked = convert.stack_blocks(params, scanned)
   assert convert.layout(stacked) == "stacked" and convert.layout(params) == "per_block"
+  return loop, scanned, frames, keypoints, params, stacked
+
+
+def _check_scan_equals_loop(settings, persons, joints):
+  loop, scanned, frames, keypoints, params, stacked = _loop_and_scanned(settings, persons, joints)
 
   def loss(model):
     return jax.jit(jax.value_and_grad(
@@ -48,12 +55,20 @@ def _check_scan_equals_loop(settings, persons, joints):
     assert err <= 1e-5 * scale, (jax.tree_util.keystr(path), err, scale)
 
 
-def test_scan_equals_loop_tiny_two_persons():
-  _check_scan_equals_loop({"variant": "tiny", "num_classes": 5}, persons=2, joints=17)
+def test_scan_equals_loop_forward_tiny_two_persons():
+  """The quick tier's check: logits only (two forward compiles); the gradients are the slow
+  tests' below."""
+  loop, scanned, frames, keypoints, params, stacked = _loop_and_scanned(
+      {"variant": "tiny", "num_classes": 5}, persons=2, joints=17)
+  logits = jax.jit(lambda p: loop.apply({"params": p}, frames, keypoints))(params)
+  logits_s = jax.jit(lambda p: scanned.apply({"params": p}, frames, keypoints))(stacked)
+  scale = float(jnp.abs(logits).max())
+  assert float(jnp.abs(logits_s - logits).max()) <= 1e-5 * scale
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("settings,persons,joints", [
+    ({"variant": "tiny"}, 2, 17),
     # 25 joints in windows of 5: stride 1 makes 5 groups, stride 2 six (a padding group).
     ({"variant": "embedded", "joint_window": 5, "fast": False}, 2, 25),
     ({"variant": "embedded", "joint_window": 5}, 2, 25),
