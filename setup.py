@@ -15,14 +15,19 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6.5,<3",  # summaries without importing TensorFlow
 ]
 EXTRAS = {
-    # Input pipeline and dataset converters (never imported by model/ops/train code).
+    # The input pipeline and the embedded dataset (never imported by model/ops/train code):
+    # all that README's first command needs.
     "data": [
         "tensorflow-cpu==2.21.0",
         "tensorflow-datasets==4.9.10",
+        "importlib_resources>=6,<8",   # needed by tensorflow-datasets' builders, not declared by it
+    ],
+    # Building the real datasets from their raw files and decoding videos (your own clip):
+    # ``pip install -e '.[data,convert]'`` (about 230 MB more, mostly Beam and pyarrow).
+    "convert": [
         "scipy>=1.11,<2",              # Penn Action .mat labels
         "apache-beam==2.77.0",         # dataset builds (DirectRunner locally, any runner at scale)
         "av==18.1.0",                  # video decoding (PyAV, FFmpeg inside the wheel)
-        "importlib_resources>=6,<8",   # needed by tensorflow-datasets' builders, not declared by it
     ],
     "test": [
         "pytest==9.2.0",

@@ -232,6 +232,19 @@ def test_video_reader_matches_written_frames_and_rejects_junk(rng, tmp_path):
     read_video(str(tmp_path / "missing.avi"))
 
 
+def test_missing_converter_module_says_which_extra_installs_it(monkeypatch):
+  """Beam, PyAV and SciPy come with the ``convert`` extra, not ``data``: without them the error
+  names the module, what needed it and the install command."""
+  assert common.require("json", "anything") is json
+  with pytest.raises(ImportError, match=r"decoding videos needs the 'no_such_module_d3d'.*"
+                                        r"\.\[data,convert\]"):
+    common.require("no_such_module_d3d", "decoding videos")
+  import sys
+  monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed
+  with pytest.raises(ImportError, match=r"decoding videos needs the 'av' module"):
+    read_video(os.path.join(os.path.dirname(__file__), "data", "ntu_sample.avi"))
+
+
 def test_resampling_and_keypoint_scaling():
   np.testing.assert_array_equal(common.resample_indices(10, 30, 15), [0, 2, 4, 6, 8])
   np.testing.assert_array_equal(common.resample_indices(10, 30, 60), np.arange(10))

@@ -156,11 +156,22 @@ def finish(frames: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, src_fp
   return resize_frames(frames, size), kp, scores.astype(np.float32)
 
 
+def require(module: str, purpose: str):
+  """Imports ``module``, an optional dependency of the ``convert`` extra, or says how to get it."""
+  import importlib
+  try:
+    return importlib.import_module(module)
+  except ImportError as e:
+    raise ImportError(f"{purpose} needs the '{module}' module, which `pip install -e '.[data]'` "
+                      "leaves out: install the converters' extra, "
+                      "pip install -e '.[data,convert]'") from e
+
+
 def read_video(path: str, start_s: Optional[float] = None,
                end_s: Optional[float] = None) -> Tuple[np.ndarray, float]:
   """Frames ``(F, H, W, 3)`` uint8 and the stream's frame rate. With ``start_s``/``end_s``, only
   frames whose presentation time lies in ``[start_s, end_s)`` (FineGYM element windows)."""
-  import av  # imported here so pose-only readers work without it
+  av = require("av", "decoding videos")  # imported here so pose-only readers work without it
 
   if not os.path.exists(path):
     raise RawFormatError(f"{path}: video file not found")
@@ -265,7 +276,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     f"{self.LABEL_MAP_VERSION}")
 
   def _split_generators(self, dl_manager, pipeline):
-    import apache_beam as beam
+    beam = require("apache_beam", "building a dataset (its Beam pipeline)")
 
     manual_dir = os.fspath(dl_manager.manual_dir)
     items = self._items(manual_dir)

@@ -27,6 +27,7 @@ ACTIONS = ("baseball_pitch", "baseball_swing", "bench_press", "bowl", "clean_and
 
 
 def read_label(path: str) -> Dict[str, np.ndarray]:
+  common.require("scipy", "reading Penn Action's .mat labels")
   import scipy.io
 
   try:
