@@ -112,8 +112,14 @@ def test_workdir_of_another_config_is_refused(data_dir, tmp_path):
   run(config, str(tmp_path), stop_after=4)
   other = tiny_config(data_dir)
   other.model.embed_dim = 48
-  with pytest.raises(trainer.ConfigMismatchError, match="another configuration"):
+  with pytest.raises(trainer.ConfigMismatchError,
+                     match=r"another configuration \(differs in model.embed_dim\)"):
     run(other, str(tmp_path))
+  # Another clip length sizes the time embedding otherwise: refused by name, not by orbax.
+  longer = tiny_config(data_dir)
+  longer.num_frames = 8
+  with pytest.raises(trainer.ConfigMismatchError, match=r"\(differs in num_frames\)"):
+    run(longer, str(tmp_path))
 
 
 @pytest.mark.slow
@@ -180,6 +186,17 @@ def test_fingerprint_ignores_only_how_the_model_is_computed(data_dir):
   assert trainer.fingerprint_diff(before, trainer.fingerprint(config)) == []
   config.model.cross_rgb_scale = config.model.layer_scale / 2
   assert trainer.fingerprint_diff(before, trainer.fingerprint(config)) == ["cross_rgb_scale"]
+  # The clip shapes that size parameters (the time embedding: num_frames), by config path;
+  # checkpoints written before they were recorded are not checked on them.
+  config = tiny_config(data_dir)
+  want = trainer.fingerprint(config)
+  assert want["inputs"] == {"num_frames": 4, "image_size": 32, "dataset.max_persons": 2,
+                            "dataset.joint_layout": "coco17"}
+  config.num_frames, config.dataset.max_persons = 8, 1
+  assert trainer.fingerprint_diff(want, trainer.fingerprint(config)) == ["dataset.max_persons",
+                                                                         "num_frames"]
+  unrecorded = {k: v for k, v in want.items() if k != "inputs"}
+  assert trainer.fingerprint_diff(unrecorded, trainer.fingerprint(config)) == []
 
 
 @pytest.mark.slow

@@ -84,18 +84,34 @@ def fingerprint_diff(got: dict, want: dict) -> list:
   diff = sorted(k for k in keys if value(got, k) != value(want, k))
   if got.get("num_classes") != want.get("num_classes") and "num_classes" not in diff:
     diff.append("num_classes")
+  # The clip shapes that size parameters (time, person and joint embeddings); a checkpoint
+  # written before they were recorded is not checked on them.
+  got_in, want_in = got.get("inputs") or {}, want.get("inputs") or {}
+  diff += sorted(k for k in set(got_in) & set(want_in) if got_in[k] != want_in[k])
   return diff
+
+
+# Config values (by their path) that set the clip shapes, recorded with each checkpoint.
+INPUT_SETTINGS = ("num_frames", "image_size", "dataset.max_persons", "dataset.joint_layout")
+
+
+def input_settings(config: ml_collections.ConfigDict) -> dict:
+  """``{path: value}`` of ``INPUT_SETTINGS`` (the persons default to 1 where a config has none)."""
+  return {"num_frames": config.get("num_frames"), "image_size": config.get("image_size"),
+          "dataset.max_persons": config.dataset.get("max_persons", 1),
+          "dataset.joint_layout": config.dataset.get("joint_layout")}
 
 
 def fingerprint(config: ml_collections.ConfigDict) -> dict:
   """What a checkpoint must agree on to be resumed: the model's full settings (its variant's
-  sizes included) and the label space."""
+  sizes included), the label space and the clip shapes (``input_settings``)."""
   model = resolved_config(config.model)
   built = build_model(config.model)
   # Recorded, so that a missing value means a checkpoint from before these settings.
   model.setdefault("scan", built.scan)
   model["merge_in_block"] = built.merges_in_block
-  return {"model": json.loads(json.dumps(model)), "num_classes": config.model.num_classes}
+  return {"model": json.loads(json.dumps(model)), "num_classes": config.model.num_classes,
+          "inputs": input_settings(config)}
 
 
 def input_shapes(batch: dict) -> dict:
@@ -256,7 +272,8 @@ def restore_step(trainer: Trainer, mngr: ocp.CheckpointManager, config, step: in
   if diff:
     raise ConfigMismatchError(
         f"{mngr.directory}: checkpoint at step {step} was written by another configuration "
-        f"(differs in model.{', model.'.join(diff)}); use a fresh --workdir or the original "
+        f"(differs in {', '.join(k if k in INPUT_SETTINGS else 'model.' + k for k in diff)}); "
+        "use a fresh --workdir or the original "
         f"config. checkpoint: {got}; config: {want}")
   if got["model"].get("scan", LEGACY["scan"]) == trainer.model.scan:
     restored = mngr.restore(step, args=ocp.args.Composite(
