@@ -289,9 +289,39 @@ def read_ground_truth(data_dir: str, split: str) -> dict:
 
 
 def build(out_dir: str, sizes: dict = SPLITS, num_frames: int = 32, size: int = 56,
-          verbose: bool = True) -> None:
-  """Writes every split of the embedded dataset to ``out_dir`` (deterministic)."""
+          verbose: bool = True, parallel: bool = True) -> None:
+  """Writes every split of the embedded dataset to ``out_dir`` (deterministic).
+
+  With ``parallel`` and more than one core available, the first split is written here while
+  a child Python process writes the others (each split its own seeded stream: the same bytes
+  as one process, tested)."""
   records.write_classes(out_dir, CLASSES)
+  splits = list(sizes.items())
+  if parallel and len(splits) > 1 and len(os.sched_getaffinity(0)) > 1:
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    args = json.dumps([out_dir, dict(splits[1:]), num_frames, size, verbose])
+    child = subprocess.Popen([sys.executable, "-c", "import json, sys; from data_pipelines "
+                              "import embedded; embedded._build_splits(*json.loads(sys.argv[1]))",
+                              args], env=env)
+    try:
+      _build_splits(out_dir, dict(splits[:1]), num_frames, size, verbose)
+    finally:
+      code = child.wait()
+    if code:
+      raise RuntimeError(f"embedded dataset: the child process writing splits "
+                         f"{[name for name, _ in splits[1:]]} to {out_dir} failed (exit code "
+                         f"{code}; its error is printed above)")
+  else:
+    _build_splits(out_dir, sizes, num_frames, size, verbose)
+  with open(os.path.join(out_dir, "VERSION"), "w") as fh:
+    fh.write(DATASET_VERSION + "\n")
+
+
+def _build_splits(out_dir: str, sizes: dict, num_frames: int, size: int, verbose: bool) -> None:
   for split, (num, shards, seed) in sizes.items():
     start = time.time()
     truth = {}
@@ -307,8 +337,6 @@ def build(out_dir: str, sizes: dict = SPLITS, num_frames: int = 32, size: int = 
     if verbose:
       print(f"embedded dataset: wrote {split}: {summary['num_examples']} clips in {shards} shards "
             f"({time.time() - start:.1f}s) -> {out_dir}", flush=True)
-  with open(os.path.join(out_dir, "VERSION"), "w") as fh:
-    fh.write(DATASET_VERSION + "\n")
 
 
 def ensure(out_dir: str) -> None:

@@ -412,6 +412,33 @@ def test_embedded_ensure_builds_once_and_rebuilds_a_new_version(tmp_path, monkey
   assert built == [d, d]  # another version: rebuilt
 
 
+@pytest.mark.slow
+def test_embedded_build_in_two_processes_writes_the_same_bytes(tmp_path, monkeypatch):
+  """The parallel build (the first split here, the others in a spawned process) writes every
+  file as the one-process build does."""
+  sizes = {"train": (30, 2, 101), "val": (12, 1, 202), "test": (12, 1, 303)}
+  one, two = str(tmp_path / "one"), str(tmp_path / "two")
+  embedded.build(one, sizes, num_frames=8, size=32, verbose=False, parallel=False)
+  monkeypatch.setattr(embedded.os, "sched_getaffinity", lambda pid: {0, 1})  # even on 1 core
+  embedded.build(two, sizes, num_frames=8, size=32, verbose=False, parallel=True)
+  names = sorted(os.listdir(one))
+  assert names == sorted(os.listdir(two)) and "test-00000-of-00001.tfrecord" in names
+  for name in names:
+    with open(os.path.join(one, name), "rb") as a, open(os.path.join(two, name), "rb") as b:
+      assert a.read() == b.read(), name
+
+
+def test_embedded_build_names_a_failed_child_process(tmp_path, monkeypatch):
+  """When the child process writing the later splits fails, the build says which splits and
+  where, after the first split is written."""
+  monkeypatch.setattr(embedded.os, "sched_getaffinity", lambda pid: {0, 1})
+  monkeypatch.setattr("sys.executable", "false")  # a child that exits with 1
+  sizes = {"train": (4, 1, 101), "val": (2, 1, 202)}
+  with pytest.raises(RuntimeError, match=r"writing splits \['val'\] to .*exit code 1"):
+    embedded.build(str(tmp_path), sizes, num_frames=4, size=32, verbose=False)
+  assert os.path.exists(tmp_path / "train.json") and not os.path.exists(tmp_path / "VERSION")
+
+
 def _marker_sample(index, n_frames=16, h=64, w=96):
   """A non-square clip whose frames differ: frame ``t`` has a grey level of its own
   (``30 + 12 t``) and a green 8x8 marker at its own place, and joint 0 (the nose, its own flip
