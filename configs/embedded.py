@@ -1,7 +1,8 @@
 r"""The embedded dataset: 12 procedurally generated classes, built on first use (no download).
 
-The README's default experiment, sized for a 2-core CPU (1000 steps, about 13 minutes of data
-and training on 2 cores; docs/results.md gives its accuracy over seeds):
+The README's default experiment, sized for a 2-core CPU (1000 steps, 12-16 minutes of data
+and training on 2 cores, by the machine's hour; docs/results.md gives its accuracy over seeds,
+and why the clip stays at 8 frames of 48 px):
 
   python launch/train.py --config configs/embedded.py --workdir workdirs/embedded
 

@@ -394,7 +394,7 @@ def test_embedded_ensure_builds_once_and_rebuilds_a_new_version(tmp_path, monkey
   built one alone, rebuilds one that holds another version."""
   built = []
 
-  def fake_build(out_dir, *a, **kw):  # the real build (35 s) is what the tests above read
+  def fake_build(out_dir, *a, **kw):  # the real build (40-60 s) is what the tests above read
     built.append(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "VERSION"), "w") as fh:
