@@ -309,8 +309,11 @@ def build(out_dir: str, sizes: dict = SPLITS, num_frames: int = 32, size: int = 
                               args], env=env)
     try:
       _build_splits(out_dir, dict(splits[:1]), num_frames, size, verbose)
-    finally:
-      code = child.wait()
+    except BaseException:  # an error or Ctrl-C here stops the child too
+      child.terminate()
+      child.wait()
+      raise
+    code = child.wait()
     if code:
       raise RuntimeError(f"embedded dataset: the child process writing splits "
                          f"{[name for name, _ in splits[1:]]} to {out_dir} failed (exit code "

@@ -27,11 +27,9 @@ ACTIONS = ("baseball_pitch", "baseball_swing", "bench_press", "bowl", "clean_and
 
 
 def read_label(path: str) -> Dict[str, np.ndarray]:
-  common.require("scipy", "reading Penn Action's .mat labels")
-  import scipy.io
-
+  scipy_io = common.require("scipy.io", "reading Penn Action's .mat labels")
   try:
-    m = scipy.io.loadmat(path, squeeze_me=True)
+    m = scipy_io.loadmat(path, squeeze_me=True)
   except Exception as e:
     raise RawFormatError(f"{path}: unreadable .mat file ({type(e).__name__}: {e})") from e
   for field in ("action", "x", "y", "visibility", "train"):

@@ -91,12 +91,9 @@ def fingerprint_diff(got: dict, want: dict) -> list:
   return diff
 
 
-# Config values (by their path) that set the clip shapes, recorded with each checkpoint.
-INPUT_SETTINGS = ("num_frames", "image_size", "dataset.max_persons", "dataset.joint_layout")
-
-
 def input_settings(config: ml_collections.ConfigDict) -> dict:
-  """``{path: value}`` of ``INPUT_SETTINGS`` (the persons default to 1 where a config has none)."""
+  """``{config path: value}`` of the settings that set the clip shapes, recorded with each
+  checkpoint (the persons default to 1 where a config has none)."""
   return {"num_frames": config.get("num_frames"), "image_size": config.get("image_size"),
           "dataset.max_persons": config.dataset.get("max_persons", 1),
           "dataset.joint_layout": config.dataset.get("joint_layout")}
@@ -272,7 +269,7 @@ def restore_step(trainer: Trainer, mngr: ocp.CheckpointManager, config, step: in
   if diff:
     raise ConfigMismatchError(
         f"{mngr.directory}: checkpoint at step {step} was written by another configuration "
-        f"(differs in {', '.join(k if k in INPUT_SETTINGS else 'model.' + k for k in diff)}); "
+        f"(differs in {', '.join(k if k in want['inputs'] else 'model.' + k for k in diff)}); "
         "use a fresh --workdir or the original "
         f"config. checkpoint: {got}; config: {want}")
   if got["model"].get("scan", LEGACY["scan"]) == trainer.model.scan:
