@@ -414,7 +414,7 @@ def test_embedded_ensure_builds_once_and_rebuilds_a_new_version(tmp_path, monkey
 
 @pytest.mark.slow
 def test_embedded_build_in_two_processes_writes_the_same_bytes(tmp_path, monkeypatch):
-  """The parallel build (the first split here, the others in a spawned process) writes every
+  """The parallel build (the first split here, the others in a child process) writes every
   file as the one-process build does."""
   sizes = {"train": (30, 2, 101), "val": (12, 1, 202), "test": (12, 1, 303)}
   one, two = str(tmp_path / "one"), str(tmp_path / "two")
