@@ -19,12 +19,12 @@ EXTRAS = {
     # all that README's first command needs.
     "data": [
         "tensorflow-cpu==2.21.0",
-        "tensorflow-datasets==4.9.10",
-        "importlib_resources>=6,<8",   # needed by tensorflow-datasets' builders, not declared by it
     ],
     # Building the real datasets from their raw files and decoding videos (your own clip):
-    # ``pip install -e '.[data,convert]'`` (about 230 MB more, mostly Beam and pyarrow).
+    # ``pip install -e '.[data,convert]'`` (about 450 MB more: TFDS with pyarrow, Beam, PyAV).
     "convert": [
+        "tensorflow-datasets==4.9.10",  # the builders (records written through TFDS)
+        "importlib_resources>=6,<8",   # needed by tensorflow-datasets' builders, not declared by it
         "scipy>=1.11,<2",              # Penn Action .mat labels
         "apache-beam==2.77.0",         # dataset builds (DirectRunner locally, any runner at scale)
         "av==18.1.0",                  # video decoding (PyAV, FFmpeg inside the wheel)

@@ -33,10 +33,11 @@ def build(dataset: str, manual_dir: str, data_dir: str, workers: int = 1, short_
   """Builds and returns ``(output dir, {split: count}, {split: skipped entries})``."""
   import json
 
-  import tensorflow_datasets as tfds
-  from apache_beam.options.pipeline_options import PipelineOptions
+  from data_pipelines.datasets import BUILDERS, common  # names the extra if TFDS is missing
 
-  from data_pipelines.datasets import BUILDERS, common
+  tfds = common.tfds
+  PipelineOptions = common.require("apache_beam.options.pipeline_options",
+                                   "building a dataset (its Beam pipeline)").PipelineOptions
 
   name, _, config_name = dataset.partition("/")
   if name not in BUILDERS:

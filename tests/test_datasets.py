@@ -233,8 +233,8 @@ def test_video_reader_matches_written_frames_and_rejects_junk(rng, tmp_path):
 
 
 def test_missing_converter_module_says_which_extra_installs_it(monkeypatch):
-  """Beam, PyAV and SciPy come with the ``convert`` extra, not ``data``: without them the error
-  names the module, what needed it and the install command."""
+  """TFDS, Beam, PyAV and SciPy come with the ``convert`` extra, not ``data``: without them the
+  error names the module, what needed it and the install command."""
   assert common.require("json", "anything") is json
   with pytest.raises(ImportError, match=r"decoding videos needs the 'no_such_module_d3d'.*"
                                         r"\.\[data,convert\]"):
@@ -244,6 +244,29 @@ def test_missing_converter_module_says_which_extra_installs_it(monkeypatch):
   with pytest.raises(ImportError, match=r"decoding videos needs the 'av' module"):
     read_video(os.path.join(os.path.dirname(__file__), "data", "ntu_sample.avi"))
 
+
+
+def test_first_command_trains_without_the_converters_extra():
+  """README's first command installs ``.[data]`` only: with TFDS, Beam, PyAV and SciPy blocked
+  (``sys.modules[name] = None``, as if not installed) in a fresh process, everything
+  ``launch/train.py`` loads for the embedded dataset imports, and the converters' package names
+  the extra to install instead of failing with a bare ModuleNotFoundError."""
+  import subprocess
+  import sys
+  code = ("import sys\n"
+          "for m in ('tensorflow_datasets', 'apache_beam', 'av', 'scipy'): sys.modules[m] = None\n"
+          "import launch.train, data_pipelines.embedded, data_pipelines.loaders\n"
+          "import data_pipelines.input_pipeline, data_pipelines.service, deform3d.train.trainer\n"
+          "try:\n"
+          "  import data_pipelines.datasets\n"
+          "except ImportError as e:\n"
+          "  print('refused:', e)\n")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=300, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  last = proc.stdout.strip().splitlines()[-1]
+  assert last.startswith("refused: building the paper's datasets"), last
+  assert "'tensorflow_datasets'" in last and ".[data,convert]" in last, last
 
 def test_resampling_and_keypoint_scaling():
   np.testing.assert_array_equal(common.resample_indices(10, 30, 15), [0, 2, 4, 6, 8])

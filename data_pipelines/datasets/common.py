@@ -16,11 +16,26 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 from PIL import Image
-from tensorflow_datasets.core import example_serializer
 
 from data_pipelines import records
+
+
+def require(module: str, purpose: str):
+  """Imports ``module``, an optional dependency of the ``convert`` extra, or says how to get it."""
+  import importlib
+  try:
+    return importlib.import_module(module)
+  except ImportError as e:
+    raise ImportError(f"{purpose} needs the '{module}' module, which `pip install -e '.[data]'` "
+                      "leaves out: install the converters' extra, "
+                      "pip install -e '.[data,convert]'") from e
+
+
+# TFDS (with pyarrow) comes with the ``convert`` extra: training on written records never needs it.
+tfds = require("tensorflow_datasets", "building the paper's datasets (data_pipelines.datasets)")
+example_serializer = require("tensorflow_datasets.core.example_serializer",
+                             "building the paper's datasets (data_pipelines.datasets)")
 
 
 class RawFormatError(ValueError):
@@ -154,17 +169,6 @@ def finish(frames: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, src_fp
   kp = scale_keypoints(keypoints, frames.shape[1:3], size)
   kp[scores <= 0] = 0.0
   return resize_frames(frames, size), kp, scores.astype(np.float32)
-
-
-def require(module: str, purpose: str):
-  """Imports ``module``, an optional dependency of the ``convert`` extra, or says how to get it."""
-  import importlib
-  try:
-    return importlib.import_module(module)
-  except ImportError as e:
-    raise ImportError(f"{purpose} needs the '{module}' module, which `pip install -e '.[data]'` "
-                      "leaves out: install the converters' extra, "
-                      "pip install -e '.[data,convert]'") from e
 
 
 def read_video(path: str, start_s: Optional[float] = None,
