@@ -28,7 +28,7 @@ import argparse
 import json
 import os
 import time
-from typing import Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
@@ -289,39 +289,59 @@ def read_ground_truth(data_dir: str, split: str) -> dict:
 
 
 def build(out_dir: str, sizes: dict = SPLITS, num_frames: int = 32, size: int = 56,
-          verbose: bool = True, parallel: bool = True) -> None:
+          verbose: bool = True, parallel: bool = True,
+          meanwhile: Optional[Callable[[], Any]] = None) -> Any:
   """Writes every split of the embedded dataset to ``out_dir`` (deterministic).
 
   With ``parallel`` and more than one core available, the first split is written here while
   a child Python process writes the others (each split its own seeded stream: the same bytes
-  as one process, tested)."""
+  as one process, tested). ``meanwhile``: work for this process while the data is written
+  (``launch/train.py`` compiles the training step): the first split then gets a child process
+  of its own too; without ``parallel`` it runs after the splits. Returns its result (or None).
+  """
   records.write_classes(out_dir, CLASSES)
   splits = list(sizes.items())
+  result = None
   if parallel and len(splits) > 1 and len(os.sched_getaffinity(0)) > 1:
-    import subprocess
-    import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    args = json.dumps([out_dir, dict(splits[1:]), num_frames, size, verbose])
-    child = subprocess.Popen([sys.executable, "-c", "import json, sys; from data_pipelines "
-                              "import embedded; embedded._build_splits(*json.loads(sys.argv[1]))",
-                              args], env=env)
+    groups = [dict(splits[:1]), dict(splits[1:])]
+    children = []
     try:
-      _build_splits(out_dir, dict(splits[:1]), num_frames, size, verbose)
-    except BaseException:  # an error or Ctrl-C here stops the child too
-      child.terminate()
-      child.wait()
+      for group in (groups if meanwhile else groups[1:]):
+        children.append((list(group), _start_child(out_dir, group, num_frames, size, verbose)))
+      if meanwhile:
+        result = meanwhile()
+      else:
+        _build_splits(out_dir, groups[0], num_frames, size, verbose)
+    except BaseException:  # an error or Ctrl-C here stops the children too
+      for _, child in children:
+        child.terminate()
+        child.wait()
       raise
-    code = child.wait()
-    if code:
-      raise RuntimeError(f"embedded dataset: the child process writing splits "
-                         f"{[name for name, _ in splits[1:]]} to {out_dir} failed (exit code "
-                         f"{code}; its error is printed above)")
+    failed = [(names, code) for names, code in ((n, c.wait()) for n, c in children) if code]
+    if failed:
+      raise RuntimeError(f"embedded dataset: the child process writing splits {failed[0][0]} to "
+                         f"{out_dir} failed (exit code {failed[0][1]}; its error is printed "
+                         "above)")
   else:
     _build_splits(out_dir, sizes, num_frames, size, verbose)
+    if meanwhile:
+      result = meanwhile()
   with open(os.path.join(out_dir, "VERSION"), "w") as fh:
     fh.write(DATASET_VERSION + "\n")
+  return result
+
+
+def _start_child(out_dir: str, sizes: dict, num_frames: int, size: int, verbose: bool):
+  """A child Python process running ``_build_splits`` on ``sizes`` (``subprocess.Popen``)."""
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+  args = json.dumps([out_dir, sizes, num_frames, size, verbose])
+  return subprocess.Popen([sys.executable, "-c", "import json, sys; from data_pipelines "
+                           "import embedded; embedded._build_splits(*json.loads(sys.argv[1]))",
+                           args], env=env)
 
 
 def _build_splits(out_dir: str, sizes: dict, num_frames: int, size: int, verbose: bool) -> None:
@@ -342,12 +362,13 @@ def _build_splits(out_dir: str, sizes: dict, num_frames: int, size: int, verbose
             f"({time.time() - start:.1f}s) -> {out_dir}", flush=True)
 
 
-def ensure(out_dir: str) -> None:
-  """Builds the dataset unless ``out_dir`` already holds this version of it."""
+def ensure(out_dir: str, meanwhile: Optional[Callable[[], Any]] = None) -> Any:
+  """Builds the dataset unless ``out_dir`` already holds this version of it; returns the result
+  of ``meanwhile``, run while the data is written (``build``) or at once if it exists."""
   version = os.path.join(out_dir, "VERSION")
   if os.path.exists(version) and open(version).read().strip() == DATASET_VERSION:
-    return
-  build(out_dir)
+    return meanwhile() if meanwhile else None
+  return build(out_dir, meanwhile=meanwhile)
 
 
 def main():

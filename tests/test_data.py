@@ -394,7 +394,7 @@ def test_embedded_ensure_builds_once_and_rebuilds_a_new_version(tmp_path, monkey
   built one alone, rebuilds one that holds another version."""
   built = []
 
-  def fake_build(out_dir, *a, **kw):  # the real build (40-60 s) is what the tests above read
+  def fake_build(out_dir, *a, meanwhile=None, **kw):  # the real build: the tests above read it
     built.append(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "VERSION"), "w") as fh:
@@ -410,22 +410,28 @@ def test_embedded_ensure_builds_once_and_rebuilds_a_new_version(tmp_path, monkey
     fh.write("1.2.0\n")
   embedded.ensure(d)
   assert built == [d, d]  # another version: rebuilt
+  assert embedded.ensure(d, meanwhile=lambda: 7) == 7 and built == [d, d]  # run at once
 
 
 @pytest.mark.slow
 def test_embedded_build_in_two_processes_writes_the_same_bytes(tmp_path, monkeypatch):
-  """The parallel build (the first split here, the others in a child process) writes every
-  file as the one-process build does."""
+  """The parallel build (the first split here, the others in a child process; or, with work
+  for this process ``meanwhile``, every split in child processes) writes every file as the
+  one-process build does."""
   sizes = {"train": (30, 2, 101), "val": (12, 1, 202), "test": (12, 1, 303)}
-  one, two = str(tmp_path / "one"), str(tmp_path / "two")
+  one, two, three = (str(tmp_path / n) for n in ("one", "two", "three"))
   embedded.build(one, sizes, num_frames=8, size=32, verbose=False, parallel=False)
   monkeypatch.setattr(embedded.os, "sched_getaffinity", lambda pid: {0, 1})  # even on 1 core
   embedded.build(two, sizes, num_frames=8, size=32, verbose=False, parallel=True)
+  assert embedded.build(three, sizes, num_frames=8, size=32, verbose=False, parallel=True,
+                        meanwhile=lambda: "compiled") == "compiled"
   names = sorted(os.listdir(one))
-  assert names == sorted(os.listdir(two)) and "test-00000-of-00001.tfrecord" in names
-  for name in names:
-    with open(os.path.join(one, name), "rb") as a, open(os.path.join(two, name), "rb") as b:
-      assert a.read() == b.read(), name
+  assert "test-00000-of-00001.tfrecord" in names
+  for other in (two, three):
+    assert names == sorted(os.listdir(other))
+    for name in names:
+      with open(os.path.join(one, name), "rb") as a, open(os.path.join(other, name), "rb") as b:
+        assert a.read() == b.read(), (other, name)
 
 
 def test_embedded_build_names_a_failed_child_process(tmp_path, monkeypatch):
@@ -437,6 +443,13 @@ def test_embedded_build_names_a_failed_child_process(tmp_path, monkeypatch):
   with pytest.raises(RuntimeError, match=r"writing splits \['val'\] to .*exit code 1"):
     embedded.build(str(tmp_path), sizes, num_frames=4, size=32, verbose=False)
   assert os.path.exists(tmp_path / "train.json") and not os.path.exists(tmp_path / "VERSION")
+  # With work for this process meanwhile, every split has a child: the work runs, then the
+  # first failed child is named.
+  ran = []
+  with pytest.raises(RuntimeError, match=r"writing splits \['train'\] to .*exit code 1"):
+    embedded.build(str(tmp_path / "b"), sizes, num_frames=4, size=32, verbose=False,
+                   meanwhile=lambda: ran.append(1))
+  assert ran == [1] and not os.path.exists(tmp_path / "b" / "VERSION")
 
 
 def _marker_sample(index, n_frames=16, h=64, w=96):

@@ -440,6 +440,36 @@ def _tb_scalars(logdir):
   return out
 
 
+@pytest.mark.slow
+def test_steps_compiled_ahead_from_the_config_run_the_pipelines_batches(data_dir):
+  """``Trainer.compile`` (what launch/train.py runs while the data is written) builds its
+  programs from the config's clip shapes alone; the input pipeline's training and evaluation
+  batches then run through those programs, with the results of ``jax.jit``'s; a batch of
+  another shape goes through ``jax.jit``."""
+  from configs.common import clip_shapes
+  from deform3d.train import sharding as shd
+  config = tiny_config(data_dir)
+  mesh = shd.make_mesh()
+  ahead = trainer.Trainer(config, mesh, clip_shapes(config))
+  ahead.compile()
+  batch = shd.global_batch(next(loaders.train_iter(config)), mesh)
+  plain = trainer.Trainer(config, mesh, trainer.input_shapes(batch))
+  state = plain.init(jax.random.key(0))
+  params = jax.tree.map(np.asarray, state.params)
+  (got, m1), (want, m2) = (t.run_train_step(t.init(jax.random.key(0)), batch)
+                           for t in (ahead, plain))
+  assert ahead.compiled_calls == {"train": 1} and not plain.compiled_calls
+  assert float(m1["loss"]) == float(m2["loss"])
+  jax.tree.map(np.testing.assert_array_equal, got.params, want.params)
+  ev = ahead.evaluate(params, loaders.eval_iter(config))
+  assert ahead.compiled_calls["eval"] == 3  # 20 videos in batches of 8
+  np.testing.assert_array_equal(ev["logits"], plain.evaluate(params, loaders.eval_iter(config))[
+      "logits"])
+  half = jax.tree.map(lambda x: x[:4], batch)  # another batch size: through jax.jit
+  ahead.run_train_step(ahead.init(jax.random.key(0)), half)
+  assert ahead.compiled_calls["train"] == 1
+
+
 @pytest.mark.heavy
 def test_train_command_writes_eval_test_and_tensorboard_and_eval_command_agrees(data_dir,
                                                                                 tmp_path):

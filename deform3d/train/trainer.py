@@ -5,6 +5,7 @@ Data arrives as iterators of process-local NumPy batches (built by ``data_pipeli
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import os
@@ -111,6 +112,11 @@ def fingerprint(config: ml_collections.ConfigDict) -> dict:
           "inputs": input_settings(config)}
 
 
+def _layout(batch: dict) -> tuple:
+  """A batch's keys, shapes and dtypes (what a compiled step must agree with)."""
+  return tuple(sorted((k, tuple(v.shape), np.dtype(v.dtype).name) for k, v in batch.items()))
+
+
 def input_shapes(batch: dict) -> dict:
   """Per-clip shapes ``{"frames": (T, H, W, 3), "keypoints": (T, J, D) or (P, T, J, D)}`` of a
   training batch (``(B, ...)``) or an evaluation batch (``(B, K, ...)``: ``K`` clips per video)."""
@@ -152,6 +158,51 @@ class Trainer:
     self.eval_step = jax.jit(self._eval_step,
                              in_shardings=(self.state_sharding.params, self.batch_sharding),
                              out_shardings=self.batch_sharding)
+    self._compiled = {}  # compile(): {kind: (batch layout, compiled program)}
+    self.compiled_calls = collections.Counter()  # steps run by those programs, per kind
+
+  # -- ahead-of-time compilation ---------------------------------------------------------------
+  def batch_specs(self) -> dict:
+    """The global batches the input pipeline delivers for this config, as shape/dtype
+    structures: ``{"train": {...}, "eval": {...}}`` (evaluation: ``(B, K, ...)``, ``K`` clips
+    per video; both with the pipeline's ``mask``)."""
+    b, k = self.config.batch_size, self.config.dataset.get("eval_clips", 1)
+    frames_dtype = np.dtype(self.config.dataset.get("frames_dtype", "uint8"))  # as the pipeline's
+    spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=self.batch_sharding)
+    f, kp = self.example_shapes["frames"][1:], self.example_shapes["keypoints"][1:]
+    return {"train": {"frames": spec((b,) + f, frames_dtype),
+                      "keypoints": spec((b,) + kp, np.float32), "label": spec((b,), np.int32),
+                      "mask": spec((b,), np.float32)},
+            "eval": {"frames": spec((b, k) + f, frames_dtype),
+                     "keypoints": spec((b, k) + kp, np.float32), "label": spec((b,), np.int32),
+                     "mask": spec((b,), np.float32)}}
+
+  def compile(self) -> None:
+    """Compiles the training and evaluation steps now, for ``batch_specs()``, so that they can be
+    compiled before any data exists (``launch/train.py`` does it while the embedded dataset is
+    written). A batch of exactly those shapes and dtypes then runs the compiled programs;
+    any other batch goes through ``jax.jit`` as before."""
+    specs = self.batch_specs()
+    self._compiled = {
+        "train": (_layout(specs["train"]),
+                  self.train_step.lower(self.abstract_state, specs["train"]).compile()),
+        "eval": (_layout(specs["eval"]),
+                 self.eval_step.lower(self.abstract_state.params, specs["eval"]).compile())}
+
+  def _step(self, kind: str, jitted: Callable, *args):
+    compiled = self._compiled.get(kind)
+    if compiled is not None and compiled[0] == _layout(args[-1]):
+      self.compiled_calls[kind] += 1
+      return compiled[1](*args)
+    return jitted(*args)
+
+  def run_train_step(self, state: "TrainState", batch: dict):
+    """``train_step``, through the programs of ``compile()`` when they fit the batch."""
+    return self._step("train", self.train_step, state, batch)
+
+  def run_eval_step(self, params, batch: dict):
+    """``eval_step``, through the programs of ``compile()`` when they fit the batch."""
+    return self._step("eval", self.eval_step, params, batch)
 
   # -- pure functions ---------------------------------------------------------------------------
   def _init(self, rng):
@@ -223,7 +274,7 @@ class Trainer:
       elif batch is None:
         break
       batch = shd.global_batch(batch, self.mesh)
-      logits = gather(self.eval_step(params, batch))
+      logits = gather(self.run_eval_step(params, batch))
       keep = gather(batch["mask"]) > 0
       all_logits.append(logits[keep])
       all_labels.append(gather(batch["label"])[keep])
@@ -349,21 +400,30 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           make_train_iter: Callable[[int], Iterator[dict]],
           make_eval_iter: Optional[Callable[[], Iterator[dict]]] = None,
           mesh: Optional[jax.sharding.Mesh] = None, stop_after: Optional[int] = None,
-          log: Callable[[str], None] = print) -> dict:
+          log: Callable[[str], None] = print, prepared: Optional[Trainer] = None) -> dict:
   """Trains to ``config.total_steps``, resuming from the latest checkpoint in ``workdir``.
 
   ``make_train_iter(start_step)`` returns the training batches from ``start_step`` on.
   ``stop_after``: leave after this many steps of this run (as if preempted; for tests).
+  ``prepared``: a ``Trainer`` for ``config`` built (and compiled) ahead, used if the data's clip
+  shapes are the ones it was built for.
   Returns the last training metrics, the losses of this run and the final eval metrics.
   """
-  mesh = mesh or shd.make_mesh()
+  mesh = mesh or (prepared.mesh if prepared is not None else shd.make_mesh())
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   mngr = checkpoint_manager(workdir, config)
   it = make_train_iter(mngr.latest_step() or 0)
   first = next(it)  # the model is initialised from the data's shapes
   it = itertools.chain([first], it)
-  trainer = Trainer(config, mesh, input_shapes(first))
+  shapes = input_shapes(first)
+  if (prepared is not None and prepared.mesh is mesh and prepared.example_shapes
+      == {k: (1,) + tuple(v) for k, v in shapes.items()}):
+    trainer = prepared
+  else:
+    if prepared is not None and is_main:
+      log(f"the steps compiled ahead do not fit the data's clip shapes {shapes}: compiling again")
+    trainer = Trainer(config, mesh, shapes)
   state = restore_or_init(trainer, mngr, config)
   start = int(jax.device_get(state.step))
   if is_main:
@@ -390,7 +450,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     t_in = time.perf_counter()
     batch = shd.global_batch(next(it), mesh)
     wait += time.perf_counter() - t_in
-    state, m = trainer.train_step(state, batch)
+    state, m = trainer.run_train_step(state, batch)
     saving = step % config.checkpoint_every == 0 or step == end
     if step % config.log_every == 0 or step == end or saving:
       # Checked before every save, so a checkpoint never holds a state past a NaN/inf loss.
