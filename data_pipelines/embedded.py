@@ -296,14 +296,17 @@ def build(out_dir: str, sizes: dict = SPLITS, num_frames: int = 32, size: int = 
   With ``parallel`` and more than one core available, the first split is written here while
   a child Python process writes the others (each split its own seeded stream: the same bytes
   as one process, tested). ``meanwhile``: work for this process while the data is written
-  (``launch/train.py`` compiles the training step): the first split then gets a child process
-  of its own too; without ``parallel`` it runs after the splits. Returns its result (or None).
+  (``launch/train.py`` compiles the training step): one child process then writes every split;
+  without ``parallel`` it runs after the splits. Returns its result (or None).
   """
   records.write_classes(out_dir, CLASSES)
   splits = list(sizes.items())
   result = None
   if parallel and len(splits) > 1 and len(os.sched_getaffinity(0)) > 1:
-    groups = [dict(splits[:1]), dict(splits[1:])]
+    # Without other work here: the first split here, the others in a child. With it: one child
+    # writes them all in turn, leaving the other core to ``meanwhile`` (on 2 cores, a child per
+    # group competed with the compile: docs/performance.md).
+    groups = [dict(splits)] if meanwhile else [dict(splits[:1]), dict(splits[1:])]
     children = []
     try:
       for group in (groups if meanwhile else groups[1:]):

@@ -416,7 +416,7 @@ def test_embedded_ensure_builds_once_and_rebuilds_a_new_version(tmp_path, monkey
 @pytest.mark.slow
 def test_embedded_build_in_two_processes_writes_the_same_bytes(tmp_path, monkeypatch):
   """The parallel build (the first split here, the others in a child process; or, with work
-  for this process ``meanwhile``, every split in child processes) writes every file as the
+  for this process ``meanwhile``, every split in one child process) writes every file as the
   one-process build does."""
   sizes = {"train": (30, 2, 101), "val": (12, 1, 202), "test": (12, 1, 303)}
   one, two, three = (str(tmp_path / n) for n in ("one", "two", "three"))
@@ -443,10 +443,10 @@ def test_embedded_build_names_a_failed_child_process(tmp_path, monkeypatch):
   with pytest.raises(RuntimeError, match=r"writing splits \['val'\] to .*exit code 1"):
     embedded.build(str(tmp_path), sizes, num_frames=4, size=32, verbose=False)
   assert os.path.exists(tmp_path / "train.json") and not os.path.exists(tmp_path / "VERSION")
-  # With work for this process meanwhile, every split has a child: the work runs, then the
-  # first failed child is named.
+  # With work for this process meanwhile, one child writes every split: the work runs, then
+  # the failed child is named.
   ran = []
-  with pytest.raises(RuntimeError, match=r"writing splits \['train'\] to .*exit code 1"):
+  with pytest.raises(RuntimeError, match=r"writing splits \['train', 'val'\] to .*exit code 1"):
     embedded.build(str(tmp_path / "b"), sizes, num_frames=4, size=32, verbose=False,
                    meanwhile=lambda: ran.append(1))
   assert ran == [1] and not os.path.exists(tmp_path / "b" / "VERSION")
