@@ -443,9 +443,9 @@ def _tb_scalars(logdir):
 @pytest.mark.slow
 def test_steps_compiled_ahead_from_the_config_run_the_pipelines_batches(data_dir):
   """``Trainer.compile`` (what launch/train.py runs while the data is written) builds its
-  programs from the config's clip shapes alone; the input pipeline's training and evaluation
-  batches then run through those programs, with the results of ``jax.jit``'s; a batch of
-  another shape goes through ``jax.jit``."""
+  programs from the config's clip shapes alone; ``init`` and the input pipeline's training and
+  evaluation batches then run through those programs, with the results of ``jax.jit``'s; a
+  batch of another shape goes through ``jax.jit``."""
   from configs.common import clip_shapes
   from deform3d.train import sharding as shd
   config = tiny_config(data_dir)
@@ -456,9 +456,9 @@ def test_steps_compiled_ahead_from_the_config_run_the_pipelines_batches(data_dir
   plain = trainer.Trainer(config, mesh, trainer.input_shapes(batch))
   state = plain.init(jax.random.key(0))
   params = jax.tree.map(np.asarray, state.params)
-  (got, m1), (want, m2) = (t.run_train_step(t.init(jax.random.key(0)), batch)
+  (got, m1), (want, m2) = (t.run_train_step(t.run_init(jax.random.key(0)), batch)
                            for t in (ahead, plain))
-  assert ahead.compiled_calls == {"train": 1} and not plain.compiled_calls
+  assert ahead.compiled_calls == {"init": 1, "train": 1} and not plain.compiled_calls
   assert float(m1["loss"]) == float(m2["loss"])
   jax.tree.map(np.testing.assert_array_equal, got.params, want.params)
   ev = ahead.evaluate(params, loaders.eval_iter(config))
@@ -466,8 +466,8 @@ def test_steps_compiled_ahead_from_the_config_run_the_pipelines_batches(data_dir
   np.testing.assert_array_equal(ev["logits"], plain.evaluate(params, loaders.eval_iter(config))[
       "logits"])
   half = jax.tree.map(lambda x: x[:4], batch)  # another batch size: through jax.jit
-  ahead.run_train_step(ahead.init(jax.random.key(0)), half)
-  assert ahead.compiled_calls["train"] == 1
+  ahead.run_train_step(ahead.run_init(jax.random.key(0)), half)
+  assert ahead.compiled_calls["train"] == 1 and ahead.compiled_calls["init"] == 2
 
 
 @pytest.mark.heavy

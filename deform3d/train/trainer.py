@@ -114,7 +114,7 @@ def fingerprint(config: ml_collections.ConfigDict) -> dict:
 
 def _layout(batch: dict) -> tuple:
   """A batch's keys, shapes and dtypes (what a compiled step must agree with)."""
-  return tuple(sorted((k, tuple(v.shape), np.dtype(v.dtype).name) for k, v in batch.items()))
+  return tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in batch.items()))
 
 
 def input_shapes(batch: dict) -> dict:
@@ -178,31 +178,37 @@ class Trainer:
                      "mask": spec((b,), np.float32)}}
 
   def compile(self) -> None:
-    """Compiles the training and evaluation steps now, for ``batch_specs()``, so that they can be
-    compiled before any data exists (``launch/train.py`` does it while the embedded dataset is
-    written). A batch of exactly those shapes and dtypes then runs the compiled programs;
-    any other batch goes through ``jax.jit`` as before."""
+    """Compiles ``init`` and the training and evaluation steps now, for ``batch_specs()``, so
+    that they can be compiled before any data exists (``launch/train.py`` does it while the
+    embedded dataset is written). A batch of exactly those shapes and dtypes then runs the
+    compiled programs; any other batch goes through ``jax.jit`` as before."""
     specs = self.batch_specs()
+    key = jax.random.key(0)
     self._compiled = {
+        "init": (_layout({"key": key}), self.init.lower(key).compile()),
         "train": (_layout(specs["train"]),
                   self.train_step.lower(self.abstract_state, specs["train"]).compile()),
         "eval": (_layout(specs["eval"]),
                  self.eval_step.lower(self.abstract_state.params, specs["eval"]).compile())}
 
-  def _step(self, kind: str, jitted: Callable, *args):
+  def _run(self, kind: str, jitted: Callable, args: tuple, layout: tuple):
     compiled = self._compiled.get(kind)
-    if compiled is not None and compiled[0] == _layout(args[-1]):
+    if compiled is not None and compiled[0] == layout:
       self.compiled_calls[kind] += 1
       return compiled[1](*args)
     return jitted(*args)
 
+  def run_init(self, key) -> "TrainState":
+    """``init``, through the program of ``compile()`` when there is one."""
+    return self._run("init", self.init, (key,), _layout({"key": key}))
+
   def run_train_step(self, state: "TrainState", batch: dict):
-    """``train_step``, through the programs of ``compile()`` when they fit the batch."""
-    return self._step("train", self.train_step, state, batch)
+    """``train_step``, through the program of ``compile()`` when it fits the batch."""
+    return self._run("train", self.train_step, (state, batch), _layout(batch))
 
   def run_eval_step(self, params, batch: dict):
-    """``eval_step``, through the programs of ``compile()`` when they fit the batch."""
-    return self._step("eval", self.eval_step, params, batch)
+    """``eval_step``, through the program of ``compile()`` when it fits the batch."""
+    return self._run("eval", self.eval_step, (params, batch), _layout(batch))
 
   # -- pure functions ---------------------------------------------------------------------------
   def _init(self, rng):
@@ -307,7 +313,7 @@ def restore_or_init(trainer: Trainer, mngr: ocp.CheckpointManager, config) -> Tr
   """Latest checkpoint in the workdir if any (refusing one of another config), else a new state."""
   step = mngr.latest_step()
   if step is None:
-    return trainer.init(jax.random.key(config.seed))
+    return trainer.run_init(jax.random.key(config.seed))
   return restore_step(trainer, mngr, config, step)
 
 
