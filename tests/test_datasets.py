@@ -13,7 +13,7 @@ tf = pytest.importorskip("tensorflow")
 pytest.importorskip("apache_beam")
 pytest.importorskip("av")
 
-from tests import raw_fixtures as fx  # noqa: E402
+from tests import fresh_python, raw_fixtures as fx  # noqa: E402
 from data_pipelines import records  # noqa: E402
 from data_pipelines.datasets import common, finegym, ntu, penn, pyskl  # noqa: E402
 from data_pipelines.datasets.common import RawFormatError, read_video  # noqa: E402
@@ -251,8 +251,6 @@ def test_first_command_trains_without_the_converters_extra():
   (``sys.modules[name] = None``, as if not installed) in a fresh process, everything
   ``launch/train.py`` loads for the embedded dataset imports, and the converters' package names
   the extra to install instead of failing with a bare ModuleNotFoundError."""
-  import subprocess
-  import sys
   code = ("import sys\n"
           "for m in ('tensorflow_datasets', 'apache_beam', 'av', 'scipy'): sys.modules[m] = None\n"
           "import launch.train, data_pipelines.embedded, data_pipelines.loaders\n"
@@ -261,12 +259,10 @@ def test_first_command_trains_without_the_converters_extra():
           "  import data_pipelines.datasets\n"
           "except ImportError as e:\n"
           "  print('refused:', e)\n")
-  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                        timeout=300, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  last = proc.stdout.strip().splitlines()[-1]
+  last = fresh_python(code)
   assert last.startswith("refused: building the paper's datasets"), last
   assert "'tensorflow_datasets'" in last and ".[data,convert]" in last, last
+
 
 def test_resampling_and_keypoint_scaling():
   np.testing.assert_array_equal(common.resample_indices(10, 30, 15), [0, 2, 4, 6, 8])

@@ -14,6 +14,7 @@ from configs import embedded as embedded_config  # noqa: E402
 from data_pipelines import embedded, loaders  # noqa: E402
 from deform3d.train import report, trainer  # noqa: E402
 from deform3d.train.metrics import classification_metrics  # noqa: E402
+from tests import fresh_python  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_SPLITS = {"train": (40, 2, 11), "val": (20, 1, 12), "test": (20, 1, 13)}
@@ -418,10 +419,7 @@ def test_training_code_never_imports_tensorflow():
           "import configs.embedded, configs.ntu, configs.finegym, configs.pennaction\n"
           "print(len(names), sorted({m.split('.')[0] for m in sys.modules} & "
           "{'tensorflow', 'tensorflow_datasets', 'data_pipelines'}))\n")
-  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                        timeout=300, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  count, loaded = proc.stdout.strip().splitlines()[-1].split(" ", 1)
+  count, loaded = fresh_python(code).split(" ", 1)
   assert int(count) >= 20  # the walk found the package's modules
   assert loaded == "[]", loaded
 
