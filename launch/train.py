@@ -40,8 +40,8 @@ def main(argv):
   prepared = None
   if config.dataset.name == "embedded":
     if jax.process_index() == 0:
-      # The training and evaluation steps compile here while child processes write the data
-      # (both need only the config's clip shapes): about half a minute less on 2 cores.
+      # The steps compile here while a child process writes the data (the compile needs only
+      # the config's clip shapes): about 13 s less on 2 cores (docs/results.md).
       def compile_steps():
         import time
         from configs.common import clip_shapes
