@@ -167,15 +167,17 @@ class Trainer:
     structures: ``{"train": {...}, "eval": {...}}`` (evaluation: ``(B, K, ...)``, ``K`` clips
     per video; both with the pipeline's ``mask``)."""
     b, k = self.config.batch_size, self.config.dataset.get("eval_clips", 1)
+    return {kind: {name: jax.ShapeDtypeStruct(shape, dtype, sharding=self.batch_sharding)
+                   for name, (shape, dtype) in self._batch_fields(lead).items()}
+            for kind, lead in (("train", (b,)), ("eval", (b, k)))}
+
+  def _batch_fields(self, lead: tuple) -> dict:
+    """``{name: (shape, dtype)}`` of a batch as the input pipeline makes it, with leading axes
+    ``lead``: ``(B,)`` for training, ``(B, K)`` for evaluation."""
     frames_dtype = np.dtype(self.config.dataset.get("frames_dtype", "uint8"))  # as the pipeline's
-    spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=self.batch_sharding)
-    f, kp = self.example_shapes["frames"][1:], self.example_shapes["keypoints"][1:]
-    return {"train": {"frames": spec((b,) + f, frames_dtype),
-                      "keypoints": spec((b,) + kp, np.float32), "label": spec((b,), np.int32),
-                      "mask": spec((b,), np.float32)},
-            "eval": {"frames": spec((b, k) + f, frames_dtype),
-                     "keypoints": spec((b, k) + kp, np.float32), "label": spec((b,), np.int32),
-                     "mask": spec((b,), np.float32)}}
+    return {"frames": (lead + self.example_shapes["frames"][1:], frames_dtype),
+            "keypoints": (lead + self.example_shapes["keypoints"][1:], np.dtype(np.float32)),
+            "label": (lead[:1], np.dtype(np.int32)), "mask": (lead[:1], np.dtype(np.float32))}
 
   def compile(self) -> None:
     """Compiles ``init`` and the training and evaluation steps now, for ``batch_specs()``, so
@@ -294,11 +296,8 @@ class Trainer:
 
   def _empty_eval_batch(self, batch_size: int, clips: int) -> dict:
     """An all-masked evaluation batch ``(B, K, ...)`` for a process that has no data at all."""
-    lead = (int(batch_size), int(clips))
-    frames_dtype = self.config.dataset.get("frames_dtype", "uint8")  # as the pipeline's
-    return {"frames": np.zeros(lead + self.example_shapes["frames"][1:], frames_dtype),
-            "keypoints": np.zeros(lead + self.example_shapes["keypoints"][1:], np.float32),
-            "label": np.zeros(lead[:1], np.int32), "mask": np.zeros(lead[:1], np.float32)}
+    return {name: np.zeros(shape, dtype) for name, (shape, dtype)
+            in self._batch_fields((int(batch_size), int(clips))).items()}
 
 
 def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
