@@ -459,6 +459,9 @@ def test_steps_compiled_ahead_from_the_config_run_the_pipelines_batches(data_dir
   assert ahead.compiled_calls == {"init": 1, "train": 1} and not plain.compiled_calls
   assert float(m1["loss"]) == float(m2["loss"])
   jax.tree.map(np.testing.assert_array_equal, got.params, want.params)
+  # The all-masked batch of a process without evaluation data has the pipeline's layout.
+  real = shd.global_batch(next(loaders.eval_iter(config)), mesh)
+  assert trainer._layout(ahead._empty_eval_batch(8, 2)) == trainer._layout(real)
   ev = ahead.evaluate(params, loaders.eval_iter(config))
   assert ahead.compiled_calls["eval"] == 3  # 20 videos in batches of 8
   np.testing.assert_array_equal(ev["logits"], plain.evaluate(params, loaders.eval_iter(config))[
