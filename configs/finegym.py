@@ -29,6 +29,11 @@ def get_config(arg=None):
   c.dataset.shuffle_buffer = 4096
   c.dataset.cache = False            # too large for memory
   c.dataset.frames_dtype = "uint8"  # pixels to the device, normalized in the jitted step
+  # Crops resized in the jitted step, not on the host (docs/data.md): the host decodes and crops
+  # only. crop_pad: the largest crop, the records' short side (launch/build_dataset.py's
+  # --short_side, 256 by default).
+  c.dataset.resize = "device"
+  c.dataset.crop_pad = 256
   c.dataset.service = ""  # tf.data service dispatcher (grpc://host:port): docs/scaling.md
 
   c.num_frames = 32

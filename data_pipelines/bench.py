@@ -6,19 +6,25 @@ line; this module is the harness). Two datasets:
 * ``paper``: records written by the project's writer from the real NTU RGB+D clip
   ``tests/data/ntu_sample.avi`` (stored at short side 256, every frame, JPEG quality 92, two
   persons of 25 joints drawn inside the frame), read as ``configs/ntu.py`` reads its data:
-  32 frames, 224 px, random crops of 0.7-1.0 x the short side, flips, ``cache=False``;
+  32 frames, 224 px, random crops of 0.7-1.0 x the short side, flips, ``cache=False``, and
+  the crops resized in the jitted step (``resize="device"``: the host decodes and crops);
 * ``embedded``: the embedded dataset's generator (48 px frames stored at 56), read as
   ``configs/embedded.py`` does.
 
 ``clips_per_s`` runs ``make_dataset`` (batch 1, ``AUTOTUNE`` parallelism) over ``--clips`` clips
 per round, each round a fresh pipeline after ``--clips`` warm-up clips; the process's CPU affinity sets the cores it may use
 (``taskset -c 0`` for one). ``stages`` times, one call after another, one ``tf.function`` per stage prefix
-on the same records: parse the record; + decode the sampled frames; + crop and resize; the whole
-``_process`` (flip, keypoints, and normalization or rounding to uint8). The differences are the
-stages' costs per clip. Also per clip: ``read`` (the training record stream alone: files,
+on the same records: parse the record; + decode the sampled frames; + crop; + the host's
+antialiased resize (``crop_resize``) or a plain bilinear one (``essential``: decode, crop and the
+cheapest resize, the floor a host pipeline could reach); the whole ``_process`` (flip,
+keypoints, and normalization or rounding to uint8, or with ``resize="device"`` the padded crop).
+The differences are the stages' costs per clip. Also per clip: ``read`` (the training record stream alone: files,
 shuffle, the per-epoch seeding that keeps the stream a function of ``(seed, position)``) and
-``to_numpy`` (copying a clip's frames out of TensorFlow). ``frames_dtypes=("uint8", "float32")``
-measures the configs' uint8 frames beside the earlier float32 ones, rounds alternated.
+``to_numpy`` (copying a clip's frames out of TensorFlow). ``frames_dtypes=("uint8:device",
+"uint8:host", "float32")`` measures pipeline variants side by side, rounds alternated (``uint8``
+alone: the config's resize). ``device_resize`` reports what the step's resize costs per clip:
+its FLOPs (XLA's count) and its time on this process's CPU (the accelerator's is not measured
+here).
 """
 from __future__ import annotations
 
@@ -41,9 +47,9 @@ SAMPLE = os.path.join(ROOT, "tests", "data", "ntu_sample.avi")
 # How each dataset is read (the configs' values).
 SETTINGS = {
     "paper": dict(num_frames=32, image_size=224, layout="ntu25", max_persons=2,
-                  crop_scale=(0.7, 1.0), frames_dtype="uint8"),
+                  crop_scale=(0.7, 1.0), frames_dtype="uint8", resize="device", crop_pad=256),
     "embedded": dict(num_frames=8, image_size=48, layout="coco17", max_persons=2,
-                     crop_scale=(0.8, 1.0), frames_dtype="uint8"),
+                     crop_scale=(0.8, 1.0), frames_dtype="uint8", resize="host"),
 }
 
 
@@ -68,16 +74,28 @@ def build_embedded_records(out_dir: str, clips: int = 64) -> str:
   return out_dir
 
 
-def _dataset(data_dir: str, name: str, seed: int = 0, frames_dtype=None,
+def _variant(name: str, variant=None) -> tuple:
+  """``"uint8"``, ``"float32"``, or with where the crop is resized, ``"uint8:host"`` /
+  ``"uint8:device"`` -> ``(frames_dtype, resize)``; ``None``: the config's own. Float frames are
+  always resized on the host."""
+  s = SETTINGS[name]
+  if variant is None:
+    return s["frames_dtype"], s["resize"]
+  dtype, _, where = variant.partition(":")
+  return dtype, where or (s["resize"] if dtype == "uint8" else "host")
+
+
+def _dataset(data_dir: str, name: str, seed: int = 0, variant=None,
              service=None) -> tf.data.Dataset:
   s = SETTINGS[name]
   joints = LAYOUTS[s["layout"]]
+  frames_dtype, resize = _variant(name, variant)
   return input_pipeline.make_dataset(
       data_dir, "train", num_frames=s["num_frames"], image_size=s["image_size"],
       num_joints=len(joints), batch_size=1, train=True, seed=seed,
       flip_perm=flip_permutation(joints), crop_scale=s["crop_scale"], cache=False,
       max_persons=s["max_persons"], shuffle_buffer=16,
-      frames_dtype=frames_dtype or s["frames_dtype"], service=service)
+      frames_dtype=frames_dtype, service=service, resize=resize, crop_pad=s.get("crop_pad"))
 
 
 def _round_rate(ds: tf.data.Dataset, clips: int) -> float:
@@ -102,8 +120,8 @@ def clips_per_s(data_dir: str, name: str, clips: int = 24, rounds: int = 3,
   warm-up round), with the cores this process may use. With several ``frames_dtypes`` (e.g.
   ``("uint8", "float32")``) one pipeline each, their rounds alternated; the row is the first
   one's, with ``by_frames_dtype`` giving each one's rates."""
-  dtypes = tuple(frames_dtypes or (SETTINGS[name]["frames_dtype"],))
-  datasets = {d: _dataset(data_dir, name, frames_dtype=d) for d in dtypes}
+  dtypes = tuple(frames_dtypes or (":".join(_variant(name)),))
+  datasets = {d: _dataset(data_dir, name, variant=d) for d in dtypes}
   rates = {d: [] for d in dtypes}
   for r in range(rounds):
     for d, ds in datasets.items():
@@ -150,7 +168,8 @@ def service_clips_per_s(data_dir: str, name: str, workers: int, clips: int = 24,
 def stages(data_dir: str, name: str, clips: int = 8, frames_dtype=None) -> dict:
   """Milliseconds per clip of each stage prefix, in one thread (see the module docstring)."""
   s = SETTINGS[name]
-  frames_dtype = frames_dtype or s["frames_dtype"]
+  variant = frames_dtype
+  frames_dtype, resize = _variant(name, variant)
   num_joints = len(LAYOUTS[s["layout"]])
   files = input_pipeline.split_files(data_dir, "train")
   serialized = list(tf.data.TFRecordDataset(files).take(clips))
@@ -172,19 +191,27 @@ def stages(data_dir: str, name: str, clips: int = 8, frames_dtype=None) -> dict:
     return tf.map_fn(lambda x: tf.io.decode_jpeg(x, channels=3), sampled(ex),
                      fn_output_signature=tf.uint8)
 
-  def crop_resize(raw):
+  def decode_crop(raw):
     frames = decode(raw)
     h, w = tf.shape(frames)[1], tf.shape(frames)[2]
     size = tf.cast(tf.cast(tf.minimum(h, w), tf.float32) * 0.85, tf.int32)
-    frames = frames[:, (h - size) // 2:(h - size) // 2 + size, (w - size) // 2:(w - size) // 2 + size]
-    return tf.image.resize(tf.cast(frames, tf.float32), [size_out, size_out], antialias=True)
+    return frames[:, (h - size) // 2:(h - size) // 2 + size, (w - size) // 2:(w - size) // 2 + size]
+
+  def crop_resize(raw):
+    return tf.image.resize(tf.cast(decode_crop(raw), tf.float32), [size_out, size_out],
+                           antialias=True)
+
+  def essential(raw):  # the least a host resize can cost: bilinear without antialiasing
+    return tf.image.resize(tf.cast(decode_crop(raw), tf.float32), [size_out, size_out],
+                           antialias=False)
 
   def whole(raw):
     return input_pipeline._process(
         raw, tf.constant(0, tf.int64), num_frames=t_frames, image_size=size_out,
         num_joints=num_joints, train=True, num_clips=1, seed=0,
         flip_perm=list(range(num_joints)), crop_scale=s["crop_scale"],
-        max_persons=s["max_persons"], frames_dtype=frames_dtype)["frames"]
+        max_persons=s["max_persons"], frames_dtype=frames_dtype, resize=resize,
+        crop_pad=s.get("crop_pad"))["frames"]
 
   out = {}
   # Reading: the training record stream alone (files, shuffle, the per-epoch seeding).
@@ -197,13 +224,13 @@ def stages(data_dir: str, name: str, clips: int = 8, frames_dtype=None) -> dict:
     next(stream)
   out["read"] = (time.perf_counter() - t) / (4 * clips) * 1e3
   # The batch as the trainer gets it: the frames copied out of TensorFlow.
-  one = next(iter(_dataset(data_dir, name, frames_dtype=frames_dtype).take(1)))
+  one = next(iter(_dataset(data_dir, name, variant=variant).take(1)))
   t = time.perf_counter()
   for _ in range(clips):
     np.array(one["frames"])
   out["to_numpy"] = (time.perf_counter() - t) / clips * 1e3
-  for stage, fn in (("parse", parse), ("decode", decode), ("crop_resize", crop_resize),
-                    ("whole", whole)):
+  for stage, fn in (("parse", parse), ("decode", decode), ("decode_crop", decode_crop),
+                    ("crop_resize", crop_resize), ("essential", essential), ("whole", whole)):
     f = tf.function(fn)
     f(serialized[0])  # trace
     times = []
@@ -215,8 +242,34 @@ def stages(data_dir: str, name: str, clips: int = 8, frames_dtype=None) -> dict:
     out[stage] = statistics.median(times)
   out["decode_only"] = out["decode"] - out["parse"]
   out["crop_resize_only"] = out["crop_resize"] - out["decode"]
-  out["rest"] = out["whole"] - out["crop_resize"]
+  out["bilinear_resize_only"] = out["essential"] - out["decode_crop"]
+  # What _process does beyond decoding, cropping (and, on the host, resizing).
+  out["rest"] = out["whole"] - (out["decode_crop"] if resize == "device" else out["crop_resize"])
   return out
+
+
+def device_resize(name: str, repeats: int = 5) -> dict:
+  """The jitted step's share of ``resize="device"`` for one clip of ``name``: XLA's FLOP count
+  of ``deform3d.ops.resize.resize_crops`` for a crop of 0.85 x the pad, and its time (median of
+  ``repeats``) on this process's CPU."""
+  import jax
+  import jax.numpy as jnp
+  from deform3d.ops.resize import resize_crops
+  s = SETTINGS[name]
+  pad, out = s["crop_pad"], s["image_size"]
+  frames = jnp.zeros((1, s["num_frames"], pad, pad, 3), jnp.uint8)
+  crop = jnp.array([int(0.85 * pad)], jnp.int32)
+  fn = jax.jit(resize_crops, static_argnums=2).lower(frames, crop, out).compile()
+  cost = fn.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  fn(frames, crop).block_until_ready()  # warm-up
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn(frames, crop).block_until_ready()
+    times.append((time.perf_counter() - t) * 1e3)
+  return {"flops_per_clip": float(cost.get("flops", float("nan"))),
+          "cpu_ms_per_clip": statistics.median(times), "backend": jax.default_backend()}
 
 
 def run(work_dir: str, datasets=("paper", "embedded"), clips: int = 24, rounds: int = 3,
@@ -230,6 +283,10 @@ def run(work_dir: str, datasets=("paper", "embedded"), clips: int = 24, rounds: 
       (build_paper_records if name == "paper" else build_embedded_records)(data_dir)
     row = clips_per_s(data_dir, name, clips, rounds, log, frames_dtypes)
     row["stages_ms_per_clip"] = stages(data_dir, name, frames_dtype=row["frames_dtype"])
+    if any(_variant(name, d)[1] == "device" for d in row["by_frames_dtype"]):
+      row["device_resize"] = device_resize(name)
+      log(f"{name}: the step's resize, per clip: {row['device_resize']['flops_per_clip']:.3g} "
+          f"FLOPs, {row['device_resize']['cpu_ms_per_clip']:.1f} ms on this CPU")
     for d, r in row["by_frames_dtype"].items():
       log(f"{name} ({d} frames): {r['median']:.2f} clips/s (min {r['min']:.2f}, max "
           f"{r['max']:.2f}) on {row['cores']} core(s)")

@@ -5,7 +5,7 @@ each of ``T`` equal segments; eval: ``num_clips`` evenly offset clips), decode o
 crop (train: random square of ``crop_scale`` x the short side; eval: centre square), resize to
 ``image_size``, horizontally flip with probability 1/2 in training (which also negates ``x`` and
 swaps left/right joints of every person), and normalize (or, ``frames_dtype="uint8"``, leave
-the normalizing to the jitted step). Keypoints come out as ``(T, J, 3)`` =
+the normalizing to the jitted step; ``resize="device"`` leaves the resize to it as well). Keypoints come out as ``(T, J, 3)`` =
 ``(x, y, score)`` (``max_persons=1``: the record's first person) or ``(P, T, J, 3)`` for
 ``max_persons=P > 1`` (the record's first ``P`` persons, padded with all-zero persons), with
 ``x, y`` in ``[-1, 1]`` relative to the crop (``align_corners=False`` convention); joints with
@@ -33,6 +33,7 @@ from deform3d.pixels import MEAN, STD  # noqa: F401 (re-export)
 tf.config.set_visible_devices([], "GPU")
 
 FRAME_DTYPES = ("uint8", "float32")
+RESIZE = ("host", "device")  # where each crop is resized to image_size
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -70,7 +71,8 @@ def frame_indices(num_available, num_frames: int, offsets):
 
 
 def _process(example, index, *, num_frames, image_size, num_joints, train, num_clips, seed,
-             flip_perm, crop_scale, num_classes=None, max_persons=1, frames_dtype="float32"):
+             flip_perm, crop_scale, num_classes=None, max_persons=1, frames_dtype="float32",
+             resize="host", crop_pad=None):
   ex = tf.io.parse_single_example(example, _FEATURES)
   jpegs = tf.sparse.to_dense(ex["video/frames"])
   n = tf.shape(jpegs)[0]
@@ -129,13 +131,28 @@ def _process(example, index, *, num_frames, image_size, num_joints, train, num_c
     size = short
     oy, ox = (h - size) // 2, (w - size) // 2
   frames = frames[:, oy:oy + size, ox:ox + size]
-  frames = tf.image.resize(tf.cast(frames, tf.float32), [image_size, image_size], antialias=True)
+  flip = rand([], 3) < 0.5 if train else None
+  if resize == "device":
+    # The crop as it is in the top-left corner of a crop_pad square: the jitted step resizes
+    # it (deform3d/ops/resize.py; the same filter as the host's resize below) and mirrors it
+    # where "flip" says (free there; a flip here costs a pass over the clip).
+    with tf.control_dependencies([tf.debugging.assert_less_equal(size, crop_pad, message=(
+        f"video/height and video/width: the crop (the short side for evaluation) is larger "
+        f"than dataset.crop_pad={crop_pad}; set dataset.crop_pad to the records' short side"))]):
+      frames = tf.identity(frames)
+    frames = tf.pad(frames, [[0, 0], [0, crop_pad - size], [0, crop_pad - size], [0, 0]])
+    out_size = crop_pad
+  else:
+    frames = tf.image.resize(tf.cast(frames, tf.float32), [image_size, image_size],
+                             antialias=True)
+    if train:  # tf.cond: only the flipped clips are reversed (tf.where would reverse every clip
+      # and select element by element, a slow pass)
+      frames = tf.cond(flip, lambda: tf.reverse(frames, axis=[2]), lambda: frames)
+    out_size = image_size
   size_f = tf.cast(size, tf.float32)
   x = (2.0 * (kp[..., 0] - tf.cast(ox, tf.float32)) + 1.0) / size_f - 1.0
   y = (2.0 * (kp[..., 1] - tf.cast(oy, tf.float32)) + 1.0) / size_f - 1.0
   if train:
-    flip = rand([], 3) < 0.5
-    frames = tf.where(flip, tf.reverse(frames, axis=[2]), frames)
     x = tf.where(flip, -x, x)
     perm = tf.constant(flip_perm, tf.int32)
     x = tf.where(flip, tf.gather(x, perm, axis=2), x)
@@ -143,19 +160,25 @@ def _process(example, index, *, num_frames, image_size, num_joints, train, num_c
     sc = tf.where(flip, tf.gather(sc, perm, axis=2), sc)
   present = tf.cast(sc > 0, tf.float32)
   keypoints = tf.stack([x * present, y * present, sc], axis=-1)
-  if frames_dtype == "uint8":
+  if resize == "device":
+    pass  # uint8 pixels of the crop
+  elif frames_dtype == "uint8":
     # The resize's pixels rounded to the nearest level (the antialiasing filter's weights are
     # non-negative and sum to 1, so they stay in [0, 255]); normalized in the jitted step.
     frames = tf.cast(tf.round(tf.clip_by_value(frames, 0.0, 255.0)), tf.uint8)
   else:
     frames = (frames - MEAN) / STD
-  frames = tf.reshape(frames, [k, num_frames, image_size, image_size, 3])
+  frames = tf.reshape(frames, [k, num_frames, out_size, out_size, 3])
   keypoints = tf.reshape(keypoints, [max_persons, k, num_frames, num_joints, 3])
   keypoints = keypoints[0] if max_persons == 1 else tf.transpose(keypoints, [1, 0, 2, 3, 4])
   if train:
     frames, keypoints = frames[0], keypoints[0]
-  return {"frames": frames, "keypoints": keypoints,
-          "label": tf.cast(ex["label"], tf.int32), "id": ex["id"]}
+  out = {"frames": frames, "keypoints": keypoints,
+         "label": tf.cast(ex["label"], tf.int32), "id": ex["id"]}
+  if resize == "device":
+    out["crop"] = size
+    out["flip"] = flip if train else tf.constant(False)
+  return out
 
 
 def _local_files(files: list, process_index: int, process_count: int):
@@ -272,8 +295,8 @@ def make_dataset(data_dir: str, split: str, *, num_frames: int, image_size: int,
                  process_index: int = 0, process_count: int = 1, shuffle_buffer: int = 1024,
                  cache: bool = True, start_position: int = 0,
                  num_classes: Optional[int] = None, max_persons: int = 1,
-                 frames_dtype: str = "float32", service: Optional[str] = None
-                 ) -> tf.data.Dataset:
+                 frames_dtype: str = "float32", service: Optional[str] = None,
+                 resize: str = "host", crop_pad: Optional[int] = None) -> tf.data.Dataset:
   """Batched ``tf.data.Dataset`` for one process.
 
   ``batch_size`` is the per-process batch. Training data repeat forever; the stream is a pure
@@ -288,10 +311,21 @@ def make_dataset(data_dir: str, split: str, *, num_frames: int, image_size: int,
   ``frames_dtype``: ``"float32"``, normalized frames; ``"uint8"``, the same frames as pixels
   rounded to the nearest level (at most half a level, 0.5 / STD after normalizing, from the
   float32 frames), for ``deform3d.pixels.normalize_frames`` in the jitted step.
+  ``resize``: ``"host"``, frames resized here to ``image_size``; ``"device"`` (uint8 only), each
+  clip's crop left at its own size in the top-left corner of ``crop_pad x crop_pad`` zeros,
+  with its size in ``crop`` (int32) and whether to mirror it in ``flip`` (bool), one per
+  example, for ``deform3d.ops.resize`` in the jitted step (the same filter; the host decodes and
+  crops only, docs/data.md).
   """
   if frames_dtype not in FRAME_DTYPES:
     raise ValueError(f"make_dataset: frames_dtype must be one of {FRAME_DTYPES}, got "
                      f"{frames_dtype!r}")
+  if resize not in RESIZE:
+    raise ValueError(f"make_dataset: resize must be one of {RESIZE}, got {resize!r}")
+  if resize == "device" and (frames_dtype != "uint8" or not crop_pad or crop_pad < 1):
+    raise ValueError(f"make_dataset: resize='device' needs frames_dtype='uint8' and crop_pad "
+                     f"(the records' short side), got frames_dtype={frames_dtype!r}, "
+                     f"crop_pad={crop_pad!r}")
   if max_persons < 1:
     raise ValueError(f"make_dataset: max_persons must be >= 1, got {max_persons}")
   files = split_files(data_dir, split)
@@ -313,7 +347,7 @@ def make_dataset(data_dir: str, split: str, *, num_frames: int, image_size: int,
                               num_joints=num_joints, train=train, num_clips=num_clips,
                               seed=seed, flip_perm=list(flip_perm), crop_scale=crop_scale,
                               num_classes=num_classes, max_persons=max_persons,
-                              frames_dtype=frames_dtype)
+                              frames_dtype=frames_dtype, resize=resize, crop_pad=crop_pad)
   ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if train and service:
     from data_pipelines import service as data_service

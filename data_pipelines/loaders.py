@@ -20,7 +20,9 @@ def _common(config):
               process_index=jax.process_index(), process_count=pc,
               cache=config.dataset.cache, num_classes=config.model.num_classes,
               max_persons=config.dataset.get("max_persons", 1),
-              frames_dtype=config.dataset.get("frames_dtype", "uint8")), \
+              frames_dtype=config.dataset.get("frames_dtype", "uint8"),
+              resize=config.dataset.get("resize", "host"),
+              crop_pad=config.dataset.get("crop_pad")), \
       flip_permutation(LAYOUTS[layout])
 
 
@@ -50,4 +52,7 @@ def input_shapes(config) -> dict:
   ds = input_pipeline.make_dataset(config.dataset.data_dir, config.dataset.train_split,
                                    train=False, num_clips=1, **kw)   # (B, K=1, ...)
   spec = ds.element_spec
-  return {k: tuple(spec[k].shape[2:]) for k in ("frames", "keypoints")}
+  shapes = {k: tuple(spec[k].shape[2:]) for k in ("frames", "keypoints")}
+  if kw["resize"] == "device":  # padded crops in the batch, image_size x image_size in the model
+    shapes["frames"] = (config.num_frames, config.image_size, config.image_size, 3)
+  return shapes

@@ -15,4 +15,9 @@ def normalize_frames(frames):
   frames of any other dtype are returned as they are (already normalized)."""
   if frames.dtype != np.uint8:
     return frames
-  return (frames.astype(np.float32) - MEAN) / STD
+  return normalize_pixels(frames.astype(np.float32))
+
+
+def normalize_pixels(pixels):
+  """Float pixel values ``(..., 3)`` in ``[0, 255]`` -> ``(pixels - MEAN) / STD``."""
+  return (pixels - MEAN) / STD

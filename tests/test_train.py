@@ -471,6 +471,40 @@ def test_steps_compiled_ahead_from_the_config_run_the_pipelines_batches(data_dir
   assert ahead.compiled_calls["train"] == 1 and ahead.compiled_calls["init"] == 2
 
 
+@pytest.mark.slow
+def test_device_resize_runs_the_pipelines_padded_crops_through_the_compiled_steps(data_dir):
+  """``dataset.resize="device"`` end to end on the tiny config: the model's clip shapes are the
+  same three ways (config, element spec, batch); the steps compiled ahead from the config take
+  the pipeline's batches of padded crops (training, evaluation, the all-masked batch); and the
+  frames the step makes of them (``Trainer._frames``) are the host pipeline's float32 frames."""
+  from configs.common import clip_shapes
+  from deform3d.train import sharding as shd
+  config = tiny_config(data_dir)
+  config.dataset.resize, config.dataset.crop_pad = "device", 32  # the records' short side
+  want = clip_shapes(config)
+  assert loaders.input_shapes(config) == want
+  batch = next(loaders.train_iter(config))
+  assert batch["frames"].shape[2:4] == (32, 32) and batch["crop"].dtype == np.int32
+  assert trainer.input_shapes(batch, config.image_size) == want
+  with pytest.raises(ValueError, match="pass the config's image_size"):
+    trainer.input_shapes(batch)
+  mesh = shd.make_mesh()
+  ahead = trainer.Trainer(config, mesh, want)
+  ahead.compile()
+  state, metrics = ahead.run_train_step(ahead.run_init(jax.random.key(0)),
+                                        shd.global_batch(batch, mesh))
+  assert ahead.compiled_calls == {"init": 1, "train": 1} and np.isfinite(float(metrics["loss"]))
+  real = shd.global_batch(next(loaders.eval_iter(config)), mesh)
+  assert trainer._layout(ahead._empty_eval_batch(8, 2)) == trainer._layout(real)
+  ev = ahead.evaluate(jax.tree.map(np.asarray, state.params), loaders.eval_iter(config))
+  assert ahead.compiled_calls["eval"] == 3 and ev["num_examples"] == 20
+  host = tiny_config(data_dir)
+  host.dataset.frames_dtype = "float32"  # normalized float frames from the host
+  for make in (loaders.train_iter, loaders.eval_iter):
+    got = np.asarray(jax.jit(ahead._frames)(shd.global_batch(next(make(config)), mesh)))
+    np.testing.assert_allclose(got, next(make(host))["frames"], atol=1e-4)
+
+
 @pytest.mark.heavy
 def test_train_command_writes_eval_test_and_tensorboard_and_eval_command_agrees(data_dir,
                                                                                 tmp_path):

@@ -22,6 +22,8 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from deform3d.models import build_model, convert, resolved_config
+from deform3d.ops.resize import resize_crops
+from deform3d.pixels import normalize_pixels
 from deform3d.train import sharding as shd
 from deform3d.train import curves
 from deform3d.train.metrics import classification_metrics
@@ -117,12 +119,20 @@ def _layout(batch: dict) -> tuple:
   return tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in batch.items()))
 
 
-def input_shapes(batch: dict) -> dict:
-  """Per-clip shapes ``{"frames": (T, H, W, 3), "keypoints": (T, J, D) or (P, T, J, D)}`` of a
-  training batch (``(B, ...)``) or an evaluation batch (``(B, K, ...)``: ``K`` clips per video)."""
+def input_shapes(batch: dict, image_size: Optional[int] = None) -> dict:
+  """Per-clip shapes ``{"frames": (T, H, W, 3), "keypoints": (T, J, D) or (P, T, J, D)}`` that
+  the model gets from a training batch (``(B, ...)``) or an evaluation batch (``(B, K, ...)``:
+  ``K`` clips per video). A batch of padded crops (``crop``: ``dataset.resize="device"``) is
+  resized to ``image_size`` in the step, so its frames are ``(T, image_size, image_size, 3)``."""
   frames = np.shape(batch["frames"])
   lead = len(frames) - 4
-  return {"frames": tuple(frames[lead:]), "keypoints": tuple(np.shape(batch["keypoints"])[lead:])}
+  frames = tuple(frames[lead:])
+  if "crop" in batch:
+    if image_size is None:
+      raise ValueError("input_shapes: the batch holds padded crops (dataset.resize='device'); "
+                       "pass the config's image_size")
+    frames = (frames[0], image_size, image_size, frames[3])
+  return {"frames": frames, "keypoints": tuple(np.shape(batch["keypoints"])[lead:])}
 
 
 class Trainer:
@@ -140,6 +150,7 @@ class Trainer:
     self.batch_sharding = shd.batch_sharding(mesh)
     self.replicated = shd.replicated(mesh)
     self.example_shapes = {k: (1,) + tuple(shapes[k]) for k in ("frames", "keypoints")}
+    self.device_resize = config.dataset.get("resize", "host") == "device"
     abstract = jax.eval_shape(self._init, jax.random.key(0))
     self.state_sharding = TrainState(
         step=self.replicated,
@@ -175,9 +186,17 @@ class Trainer:
     """``{name: (shape, dtype)}`` of a batch as the input pipeline makes it, with leading axes
     ``lead``: ``(B,)`` for training, ``(B, K)`` for evaluation."""
     frames_dtype = np.dtype(self.config.dataset.get("frames_dtype", "uint8"))  # as the pipeline's
-    return {"frames": (lead + self.example_shapes["frames"][1:], frames_dtype),
+    frames = self.example_shapes["frames"][1:]
+    fields = {}
+    if self.device_resize:  # padded crops and their sizes
+      pad = self.config.dataset.crop_pad
+      frames = (frames[0], pad, pad, frames[3])
+      fields["crop"] = (lead[:1], np.dtype(np.int32))
+      fields["flip"] = (lead[:1], np.dtype(bool))
+    return {"frames": (lead + frames, frames_dtype),
             "keypoints": (lead + self.example_shapes["keypoints"][1:], np.dtype(np.float32)),
-            "label": (lead[:1], np.dtype(np.int32)), "mask": (lead[:1], np.dtype(np.float32))}
+            "label": (lead[:1], np.dtype(np.int32)), "mask": (lead[:1], np.dtype(np.float32)),
+            **fields}
 
   def compile(self) -> None:
     """Compiles ``init`` and the training and evaluation steps now, for ``batch_specs()``, so
@@ -220,8 +239,17 @@ class Trainer:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=self.tx.init(params))
 
+  def _frames(self, batch):
+    """The model's frames: with ``dataset.resize="device"``, the batch's padded crops resized to
+    ``image_size`` here (``deform3d.ops.resize``), mirrored where ``flip``, and normalized; else
+    the batch's own."""
+    if "crop" not in batch:
+      return batch["frames"]
+    size = self.example_shapes["frames"][2]
+    return normalize_pixels(resize_crops(batch["frames"], batch["crop"], size, batch["flip"]))
+
   def _loss(self, params, batch, rng):
-    logits = self.model.apply({"params": params}, batch["frames"], batch["keypoints"],
+    logits = self.model.apply({"params": params}, self._frames(batch), batch["keypoints"],
                               train=True, rngs={"dropout": rng})
     num_classes = logits.shape[-1]
     targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes),
@@ -242,7 +270,7 @@ class Trainer:
 
   def _eval_step(self, params, batch):
     """Batch frames ``(B, K, T, H, W, 3)``: logits averaged over the ``K`` clips -> ``(B, C)``."""
-    frames, keypoints = batch["frames"], batch["keypoints"]
+    frames, keypoints = self._frames(batch), batch["keypoints"]
     b, k = keypoints.shape[:2]
     logits = self.model.apply({"params": params}, frames.reshape((b * k,) + frames.shape[2:]),
                               keypoints.reshape((b * k,) + keypoints.shape[2:]), train=False)
@@ -421,7 +449,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   it = make_train_iter(mngr.latest_step() or 0)
   first = next(it)  # the model is initialised from the data's shapes
   it = itertools.chain([first], it)
-  shapes = input_shapes(first)
+  shapes = input_shapes(first, config.get("image_size"))
   if (prepared is not None and prepared.mesh is mesh and prepared.example_shapes
       == {k: (1,) + tuple(v) for k, v in shapes.items()}):
     trainer = prepared
