@@ -1,5 +1,6 @@
 """Input-pipeline benchmark: ``python launch/input_benchmark.py [--clips 24] [--rounds 3]
-[--datasets paper,embedded] [--frames_dtypes uint8,float32] [--work_dir DIR] [--out input.json]``; ``taskset -c 0`` in front
+[--datasets paper,embedded] [--frames_dtypes uint8:device,uint8:host,float32] [--work_dir DIR]
+[--out input.json]``; ``taskset -c 0`` in front
 measures one core. The harness is ``data_pipelines/bench.py`` (its docstring says what is run).
 """
 import argparse
@@ -19,8 +20,9 @@ def main():
   parser.add_argument("--datasets", default="paper,embedded")
   parser.add_argument("--work_dir", default=None, help="where the records are built (kept)")
   parser.add_argument("--frames_dtypes", default=None,
-                      help="e.g. uint8,float32: each one's pipeline, rounds alternated "
-                           "(default: the configs' uint8)")
+                      help="pipeline variants, rounds alternated: uint8 or float32, uint8 with "
+                           "where the crop is resized (uint8:device, uint8:host); e.g. "
+                           "uint8:device,uint8:host (default: the config's own)")
   parser.add_argument("--service_workers", default=None,
                       help="e.g. 1,2: also read through tf.data service with that many worker "
                            "processes on this machine (data_pipelines/bench.service_clips_per_s)")
