@@ -4,12 +4,12 @@ Per example: choose ``T`` frame indices by uniform temporal sampling (train: a r
 each of ``T`` equal segments; eval: ``num_clips`` evenly offset clips), decode only those JPEGs,
 crop (train: random square of ``crop_scale`` x the short side; eval: centre square), resize to
 ``image_size``, horizontally flip with probability 1/2 in training (which also negates ``x`` and
-swaps left/right joints of every person), and normalize (or, ``frames_dtype="uint8"``, leave
-the normalizing to the jitted step; ``resize="device"`` leaves the resize and the mirroring to
-it as well). Keypoints come out as ``(T, J, 3)`` = ``(x, y, score)`` (``max_persons=1``: the record's first person) or ``(P, T, J, 3)`` for
-``max_persons=P > 1`` (the record's first ``P`` persons, padded with all-zero persons), with
-``x, y`` in ``[-1, 1]`` relative to the crop (``align_corners=False`` convention); joints with
-score 0 are set to ``(0, 0, 0)``.
+swaps left/right joints of every person), and normalize (or, ``frames_dtype="uint8"``, leave the
+normalizing to the jitted step; ``resize="device"`` leaves the resize and the mirroring to it as
+well). Keypoints come out as ``(T, J, 3)`` = ``(x, y, score)`` (``max_persons=1``: the record's
+first person) or ``(P, T, J, 3)`` for ``max_persons=P > 1`` (the record's first ``P`` persons,
+padded with all-zero persons), with ``x, y`` in ``[-1, 1]`` relative to the crop
+(``align_corners=False`` convention); joints with score 0 are set to ``(0, 0, 0)``.
 
 Randomness is stateless, keyed by ``(seed, example position)``, so the stream is identical for
 any parallelism. Each process reads a disjoint part of the data (``process_index`` of
