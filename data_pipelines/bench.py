@@ -249,27 +249,13 @@ def stages(data_dir: str, name: str, clips: int = 8, frames_dtype=None) -> dict:
 
 
 def device_resize(name: str, repeats: int = 5) -> dict:
-  """The jitted step's share of ``resize="device"`` for one clip of ``name``: XLA's FLOP count
-  of ``deform3d.ops.resize.resize_crops`` for a crop of 0.85 x the pad, and its time (median of
-  ``repeats``) on this process's CPU."""
-  import jax
-  import jax.numpy as jnp
-  from deform3d.ops.resize import resize_crops
+  """The jitted step's share of ``resize="device"`` for one clip of ``name``
+  (``deform3d.bench.timing.resize_cost``, batch 1, on this process's JAX device)."""
+  from deform3d.bench.timing import resize_cost
   s = SETTINGS[name]
-  pad, out = s["crop_pad"], s["image_size"]
-  frames = jnp.zeros((1, s["num_frames"], pad, pad, 3), jnp.uint8)
-  crop = jnp.array([int(0.85 * pad)], jnp.int32)
-  fn = jax.jit(resize_crops, static_argnums=2).lower(frames, crop, out).compile()
-  cost = fn.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  fn(frames, crop).block_until_ready()  # warm-up
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn(frames, crop).block_until_ready()
-    times.append((time.perf_counter() - t) * 1e3)
-  return {"flops_per_clip": float(cost.get("flops", float("nan"))),
-          "cpu_ms_per_clip": statistics.median(times), "backend": jax.default_backend()}
+  cost = resize_cost(1, s["num_frames"], s["crop_pad"], s["image_size"], repeats)
+  return {"flops_per_clip": cost["gflop"] * 1e9, "cpu_ms_per_clip": cost["ms"]["median"],
+          "backend": cost["platform"], **cost}
 
 
 def run(work_dir: str, datasets=("paper", "embedded"), clips: int = 24, rounds: int = 3,

@@ -43,7 +43,7 @@ def test_model_benchmark_reports_jax_and_the_torch_reference():
 
 @pytest.mark.slow
 def test_paper_suite_writes_its_json(tmp_path):
-  """``--suite paper`` on CPU (the small local config instead of the paper's): each row runs in
+  """``--suite paper`` on CPU (NTU's small local config instead of the paper's): each row runs in
   its own process and lands in the JSON with its timings, memory and FLOPs; the machine's
   facts and load are recorded."""
   import json
@@ -51,7 +51,7 @@ def test_paper_suite_writes_its_json(tmp_path):
   out = tmp_path / "paper.json"
   script = os.path.join(ROOT, "launch", "benchmark.py")
   proc = subprocess.run([sys.executable, script, "--suite", "paper", "--paper_spec",
-                         "embedded:variant=tiny", "--batch", "2", "--repeats", "2",
+                         "ntu:runlocal=true", "--batch", "2", "--repeats", "2",
                          "--paper_rows", "float32/auto/fused", "--out", str(out)],
                         capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -71,6 +71,10 @@ def test_paper_suite_writes_its_json(tmp_path):
   assert row["clips_per_s"] == pytest.approx(2 / (step["median"] / 1e3))
   assert row["step_tflops"] > 0 and row["peak_mem_mb"] is not None
   assert 0 < row["xla_fusions"] <= row["xla_ops"]
+  # The NTU config resizes the pipeline's crops in the step: that cost is its own entry.
+  resize = row["device_resize"]
+  assert (resize["batch"], resize["frames"], resize["pad"], resize["out"]) == (2, 4, 256, 32)
+  assert resize["gflop"] > 0 and resize["ms"]["median"] > 0
 
 
 def test_paper_suite_records_a_failing_row_and_stops_at_the_budget():

@@ -98,3 +98,18 @@ def test_device_resize_needs_uint8_a_pad_and_a_large_enough_pad(tmp_path):
                                    resize="device", crop_pad=48, **kw)  # the short side is 64
   with pytest.raises(input_pipeline.DataError, match="larger than dataset.crop_pad=48"):
     next(input_pipeline.iterate(ds, source=(str(tmp_path), "train")))
+
+
+def test_resize_cost_reports_flops_and_times():
+  """The benchmarks' measure of the step's resize (``--suite paper`` rows of configs with
+  ``dataset.resize="device"``, and the input benchmark): XLA's FLOPs grow with the batch as
+  the two dense weight products predict, and the times are ordered."""
+  from deform3d.bench.timing import resize_cost
+  one, two = (resize_cost(b, 2, 32, 24, repeats=2) for b in (1, 2))
+  # Per clip and frame: 24x32 weights times 32x32x3 pixels, then 24x32 times 24x32x3, 2 FLOPs
+  # per multiply-add.
+  want = 2 * 2 * (24 * 32 * 32 * 3 + 24 * 24 * 32 * 3)
+  assert one["gflop"] * 1e9 == pytest.approx(want, rel=0.2)
+  assert two["gflop"] == pytest.approx(2 * one["gflop"], rel=0.05)
+  for r in (one, two):
+    assert 0 < r["ms"]["min"] <= r["ms"]["median"] <= r["ms"]["max"] and r["compile_s"] > 0

@@ -47,6 +47,7 @@ import numpy as np
 from deform3d.bench import step_profile
 from deform3d.bench.timing import _flops, _median_time, _paired_times, _times  # noqa: F401
 from deform3d.bench.timing import compile_grad_step, minor_faults, peak_memory  # noqa: F401
+from deform3d.bench.timing import resize_cost
 from deform3d.bench.xla import mb as _mb, xla_stats  # noqa: F401
 from deform3d.ops import grid_sample_3d
 
@@ -254,6 +255,11 @@ def paper_row(spec, batch, dtype, backward, fast, repeats):
          "step_tflops": None if flops is None else flops / 1e12,
          "tflops_per_s": None if flops is None else flops / 1e12 / step_s["median"]}
   row.update(xla_stats(compiled))
+  if config.dataset.get("resize", "host") == "device":
+    # The frames above are the model's; with the config's device resize the step also resizes
+    # the input pipeline's padded crops first (docs/data.md): its cost, on the same device.
+    row["device_resize"] = resize_cost(batch, config.num_frames, config.dataset.crop_pad,
+                                       config.image_size, repeats, device)
   return row
 
 

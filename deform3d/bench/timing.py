@@ -110,3 +110,28 @@ def compile_grad_step(model, params, data):
   t = time.perf_counter()
   compiled = jax.jit(jax.value_and_grad(loss_fn)).lower(params, *xs).compile()
   return compiled, xs, time.perf_counter() - t
+
+
+def resize_cost(batch: int, frames: int, pad: int, out: int, repeats: int = 5,
+                device=None) -> dict:
+  """What ``dataset.resize="device"`` adds to a step: ``deform3d.ops.resize.resize_crops`` and
+  the normalizing for ``batch`` clips of ``frames`` uint8 crops of 0.85 x ``pad`` padded to
+  ``pad``, to ``out`` pixels, on ``device`` (default: JAX's first). Returns XLA's FLOP count
+  (``gflop``), the compile time and the run time (``ms``: min/median/max of ``repeats``)."""
+  import jax.numpy as jnp
+  from deform3d.ops.resize import resize_crops
+  from deform3d.pixels import normalize_pixels
+  device = device or jax.devices()[0]
+  rs = np.random.RandomState(0)
+  args = [jax.device_put(x, device) for x in (
+      rs.randint(0, 256, (batch, frames, pad, pad, 3)).astype(np.uint8),
+      np.full((batch,), int(0.85 * pad), np.int32), np.arange(batch) % 2 == 1)]
+  fn = jax.jit(lambda f, c, fl: normalize_pixels(resize_crops(f, c, out, fl)))
+  t = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  compile_s = time.perf_counter() - t
+  times = _times(lambda: jax.block_until_ready(compiled(*args)), repeats)
+  flops = _flops(compiled)
+  return {"batch": batch, "frames": frames, "pad": pad, "out": out,
+          "gflop": None if flops is None else flops / 1e9, "compile_s": compile_s,
+          "ms": {k: 1e3 * v for k, v in times.items()}, "platform": device.platform}
