@@ -12,19 +12,19 @@ line; this module is the harness). Two datasets:
   ``configs/embedded.py`` does.
 
 ``clips_per_s`` runs ``make_dataset`` (batch 1, ``AUTOTUNE`` parallelism) over ``--clips`` clips
-per round, each round a fresh pipeline after ``--clips`` warm-up clips; the process's CPU affinity sets the cores it may use
-(``taskset -c 0`` for one). ``stages`` times, one call after another, one ``tf.function`` per stage prefix
-on the same records: parse the record; + decode the sampled frames; + crop; + the host's
-antialiased resize (``crop_resize``) or a plain bilinear one (``essential``: decode, crop and the
-cheapest resize, the floor a host pipeline could reach); the whole ``_process`` (flip,
-keypoints, and normalization or rounding to uint8, or with ``resize="device"`` the padded crop).
-The differences are the stages' costs per clip. Also per clip: ``read`` (the training record stream alone: files,
-shuffle, the per-epoch seeding that keeps the stream a function of ``(seed, position)``) and
-``to_numpy`` (copying a clip's frames out of TensorFlow). ``frames_dtypes=("uint8:device",
-"uint8:host", "float32")`` measures pipeline variants side by side, rounds alternated (``uint8``
-alone: the config's resize). ``device_resize`` reports what the step's resize costs per clip:
-its FLOPs (XLA's count) and its time on this process's CPU (the accelerator's is not measured
-here).
+per round, each round a fresh pipeline after ``--clips`` warm-up clips; the process's CPU
+affinity sets the cores it may use (``taskset -c 0`` for one). ``stages`` times, one call after
+another, one ``tf.function`` per stage prefix on the same records: parse the record; + decode
+the sampled frames; + crop; + the host's antialiased resize (``crop_resize``) or a plain
+bilinear one (``essential``: decode, crop and the cheapest resize, the floor a host pipeline
+could reach); the whole ``_process`` (flip, keypoints, and normalization or rounding to uint8,
+or with ``resize="device"`` the padded crop). The differences are the stages' costs per clip.
+Also per clip: ``read`` (the training record stream alone: files, shuffle, the per-epoch seeding
+that keeps the stream a function of ``(seed, position)``) and ``to_numpy`` (copying a clip's
+frames out of TensorFlow). ``frames_dtypes=("uint8:device", "uint8:host", "float32")`` measures
+pipeline variants side by side, rounds alternated (``uint8`` alone: the config's resize).
+``device_resize`` reports what the step's resize costs per clip: its FLOPs (XLA's count) and its
+time on this process's CPU (the accelerator's is not measured here).
 """
 from __future__ import annotations
 

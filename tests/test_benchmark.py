@@ -43,8 +43,8 @@ def test_model_benchmark_reports_jax_and_the_torch_reference():
 
 @pytest.mark.slow
 def test_paper_suite_writes_its_json(tmp_path):
-  """``--suite paper`` on CPU (NTU's small local config instead of the paper's): each row runs in
-  its own process and lands in the JSON with its timings, memory and FLOPs; the machine's
+  """``--suite paper`` on CPU (NTU's small local config instead of the paper's): each row runs
+  in its own process and lands in the JSON with its timings, memory and FLOPs; the machine's
   facts and load are recorded."""
   import json
   import subprocess
