@@ -1,13 +1,13 @@
 """The input pipeline's crop resize, done on the accelerator (``dataset.resize="device"``).
 
 The host then only decodes and crops: each clip's square crop of ``crop`` pixels arrives as
-uint8 in the top-left corner of a ``pad x pad`` frame (zeros elsewhere), and
-``resize_crops`` maps it to ``out x out`` pixels inside the jitted step (mirrored where the
-host drew a flip), with the filter that
-``tf.image.resize(..., antialias=True)`` applies on the host (``resize="host"``): a triangle
-(bilinear) kernel on half-pixel centres, widened by ``crop / out`` when shrinking, its weights
-renormalized over the pixels inside the crop. Separable: two matrix products with a banded
-weight matrix per clip, so XLA batches them over clips of different crop sizes.
+uint8 in the top-left corner of a ``pad x pad`` frame (zeros elsewhere), and ``resize_crops``
+maps it to ``out x out`` pixels inside the jitted step (mirrored where the host drew a flip),
+with the filter that ``tf.image.resize(..., antialias=True)`` applies on the host
+(``resize="host"``): a triangle (bilinear) kernel on half-pixel centres, widened by ``crop /
+out`` when shrinking, its weights renormalized over the pixels inside the crop. Separable: two
+matrix products with one weight matrix per clip (non-zero near its diagonal), so XLA batches
+them over clips of different crop sizes.
 
 Measured against TensorFlow's resize in ``tests/test_resize.py``; the values are the host
 pipeline's float pixels before its rounding to uint8 (so within half a level of its uint8
