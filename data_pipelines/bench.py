@@ -23,8 +23,9 @@ Also per clip: ``read`` (the training record stream alone: files, shuffle, the p
 that keeps the stream a function of ``(seed, position)``) and ``to_numpy`` (copying a clip's
 frames out of TensorFlow). ``frames_dtypes=("uint8:device", "uint8:host", "float32")`` measures
 pipeline variants side by side, rounds alternated (``uint8`` alone: the config's resize).
-``device_resize`` reports what the step's resize costs per clip: its FLOPs (XLA's count) and its
-time on this process's CPU (the accelerator's is not measured here).
+``device_resize`` reports what the step's resize costs per clip
+(``deform3d.bench.timing.resize_cost``: its FLOPs by XLA's count, and its time on this process's
+CPU; the accelerator's is not measured here).
 """
 from __future__ import annotations
 
@@ -165,10 +166,10 @@ def service_clips_per_s(data_dir: str, name: str, workers: int, clips: int = 24,
           "median": statistics.median(rates), "min": min(rates), "max": max(rates)}
 
 
-def stages(data_dir: str, name: str, clips: int = 8, frames_dtype=None) -> dict:
-  """Milliseconds per clip of each stage prefix, in one thread (see the module docstring)."""
+def stages(data_dir: str, name: str, clips: int = 8, variant=None) -> dict:
+  """Milliseconds per clip of each stage prefix, in one thread (see the module docstring), for
+  the pipeline ``variant`` (``_variant``)."""
   s = SETTINGS[name]
-  variant = frames_dtype
   frames_dtype, resize = _variant(name, variant)
   num_joints = len(LAYOUTS[s["layout"]])
   files = input_pipeline.split_files(data_dir, "train")
@@ -248,16 +249,6 @@ def stages(data_dir: str, name: str, clips: int = 8, frames_dtype=None) -> dict:
   return out
 
 
-def device_resize(name: str, repeats: int = 5) -> dict:
-  """The jitted step's share of ``resize="device"`` for one clip of ``name``
-  (``deform3d.bench.timing.resize_cost``, batch 1, on this process's JAX device)."""
-  from deform3d.bench.timing import resize_cost
-  s = SETTINGS[name]
-  cost = resize_cost(1, s["num_frames"], s["crop_pad"], s["image_size"], repeats)
-  return {"flops_per_clip": cost["gflop"] * 1e9, "cpu_ms_per_clip": cost["ms"]["median"],
-          "backend": cost["platform"], **cost}
-
-
 def run(work_dir: str, datasets=("paper", "embedded"), clips: int = 24, rounds: int = 3,
         log: Callable[[str], None] = print, frames_dtypes=None) -> dict:
   """Builds the records under ``work_dir`` (once) and measures each dataset (each of
@@ -268,16 +259,20 @@ def run(work_dir: str, datasets=("paper", "embedded"), clips: int = 24, rounds: 
     if not os.path.exists(os.path.join(data_dir, "train.json")):
       (build_paper_records if name == "paper" else build_embedded_records)(data_dir)
     row = clips_per_s(data_dir, name, clips, rounds, log, frames_dtypes)
-    row["stages_ms_per_clip"] = stages(data_dir, name, frames_dtype=row["frames_dtype"])
+    row["stages_ms_per_clip"] = stages(data_dir, name, variant=row["frames_dtype"])
     if any(_variant(name, d)[1] == "device" for d in row["by_frames_dtype"]):
-      row["device_resize"] = device_resize(name)
-      log(f"{name}: the step's resize, per clip: {row['device_resize']['flops_per_clip']:.3g} "
-          f"FLOPs, {row['device_resize']['cpu_ms_per_clip']:.1f} ms on this CPU")
+      # The jitted step's share of resize="device" for one clip, on this process's JAX device.
+      from deform3d.bench.timing import resize_cost
+      s = SETTINGS[name]
+      cost = row["device_resize"] = resize_cost(1, s["num_frames"], s["crop_pad"],
+                                                s["image_size"])
+      log(f"{name}: the step's resize, per clip: {cost['gflop']:.3g} GFLOP, "
+          f"{cost['ms']['median']:.1f} ms on this CPU")
     for d, r in row["by_frames_dtype"].items():
       log(f"{name} ({d} frames): {r['median']:.2f} clips/s (min {r['min']:.2f}, max "
           f"{r['max']:.2f}) on {row['cores']} core(s)")
       if d != row["frames_dtype"]:
-        r["stages_ms_per_clip"] = stages(data_dir, name, frames_dtype=d)
+        r["stages_ms_per_clip"] = stages(data_dir, name, variant=d)
       else:
         r["stages_ms_per_clip"] = row["stages_ms_per_clip"]
       log(f"{name} ({d} frames) per clip: " + ", ".join(
