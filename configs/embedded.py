@@ -1,6 +1,6 @@
 r"""The embedded dataset: 12 procedurally generated classes, built on first use (no download).
 
-The README's default experiment, sized for a 2-core CPU (1200 steps, 13-16 minutes of data
+The README's default experiment, sized for a 2-core CPU (1200 steps, 14-17 minutes of data
 and training on 2 cores, by the machine's hour; docs/results.md gives its accuracy over seeds
 and CPUs, why 1200 steps, and why the clip stays at 8 frames of 48 px):
 
