@@ -523,6 +523,61 @@ def test_random_crops_of_non_square_frames_keep_each_frame_with_its_keypoints(tm
   assert max(o[0] for o in offsets) > 5 and max(o[1] for o in offsets) > 5  # offsets not 0
 
 
+def _source_frames(frames):
+  """The source frame ``t`` of each normalized frame ``(..., H, W, 3)`` of a clip made from
+  ``_marker_sample``: the grey level ``30 + 12 t`` of its pixels off the marker."""
+  img = np.asarray(frames) * input_pipeline.STD + input_pipeline.MEAN
+  out = []
+  for im in img.reshape((-1,) + img.shape[-3:]):
+    level = np.median(im[..., 0][im[..., 1] - im[..., 0] < 60])
+    t = int(round((level - 30) / 12))
+    assert abs(level - (30 + 12 * t)) < 4, level
+    out.append(t)
+  return np.array(out).reshape(img.shape[:-3])
+
+
+def test_evaluation_clips_are_evenly_offset_in_time(tmp_path):
+  """Evaluation's ``K`` clips of a video sample each of the ``T`` temporal segments at offset
+  ``(k + 0.5) / K``: with 16 frames, ``T = 4`` and ``K = 3``, clip ``k``'s frame ``f`` is source
+  frame ``floor(4 (f + (k + 0.5) / 3))`` (4f, 4f + 2, 4f + 3), and its keypoints are that
+  frame's (centre crop: 64x64 of the 64x96 frames, 16 px off the left edge)."""
+  samples = [_marker_sample(i) for i in range(2)]
+  records.write_split(str(tmp_path), "train", (s for s, _ in samples), num_shards=1,
+                      num_classes=3, num_joints=J)
+  ds = input_pipeline.make_dataset(str(tmp_path), "train", num_frames=4, image_size=16,
+                                   num_joints=J, batch_size=2, train=False, num_clips=3,
+                                   cache=False)
+  b = next(input_pipeline.iterate(ds))
+  assert b["frames"].shape == (2, 3, 4, 16, 16, 3)
+  want = np.floor(4 * (np.arange(4)[None] + (np.arange(3)[:, None] + 0.5) / 3)).astype(int)
+  np.testing.assert_array_equal(want[:, 0], [0, 2, 3])
+  centres = {s.id: c for s, c in samples}
+  for i, sid in enumerate(b["id"]):
+    np.testing.assert_array_equal(_source_frames(b["frames"][i]), want)
+    c = centres[sid.decode()][want]                                       # (K, T, 2) pixels
+    np.testing.assert_allclose(b["keypoints"][i, :, :, 0, :2],
+                               (2 * (c - [16, 0]) + 1) / 64 - 1, atol=1e-5)
+
+
+def test_training_clips_draw_a_random_frame_of_each_segment(tmp_path):
+  """A training clip takes one frame of each of the ``T`` equal temporal segments, at a random
+  place in it (temporal jitter): over 4 seeds x 6 clips of 16 frames (``T = 4``), every frame
+  comes from its own segment and each segment's frames fall on at least 3 of its 4 frames."""
+  samples = [_marker_sample(i) for i in range(6)]
+  records.write_split(str(tmp_path), "train", (s for s, _ in samples), num_shards=1,
+                      num_classes=3, num_joints=J)
+  within = [[] for _ in range(4)]
+  for seed in range(4):
+    ds = input_pipeline.make_dataset(str(tmp_path), "train", num_frames=4, image_size=16,
+                                     num_joints=J, batch_size=6, train=True, seed=seed,
+                                     flip_perm=PERM, crop_scale=(1.0, 1.0), cache=False)
+    t = _source_frames(next(input_pipeline.iterate(ds))["frames"])          # (6, T)
+    for f in range(4):
+      assert ((4 * f <= t[:, f]) & (t[:, f] <= 4 * f + 3)).all(), (seed, f, t[:, f])
+      within[f] += (t[:, f] - 4 * f).tolist()
+  assert all(len(set(w)) >= 3 for w in within), within
+
+
 @pytest.mark.parametrize("train", [True, False])
 def test_uint8_frames_are_the_float_frames_rounded(tmp_path, train):
   """``frames_dtype="uint8"`` (what the configs use): the same clips as the float32 frames,
