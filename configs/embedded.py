@@ -61,7 +61,7 @@ def get_config(arg=None):
   c.model.rgb_query_pos = "cell"  # RGB queries' bias positions; "frame": ablation
   c.model.cross_init = "rgb"  # "rgb_pose": the first cross token also starts from pooled pose
   c.model.cross_init_scale = 1.0  # initial scale of its projections (1: lecun normal, 0: zeros)
-  # The first-run recipe (docs/results.md, "A recipe that learns on every seed"): the deformable
+  # The first-run recipe (docs/results.md; docs/experiments/2026-12-01-recipe-1000): the deformable
   # attention's RGB -> cross-token update starts closed (its LayerScale at 0; None: layer_scale;
   # typed, so that a variant's None can be overridden on the command line), and the pose
   # features are in body-size units, so that the pose cue is learned on every seed instead of
@@ -82,7 +82,7 @@ def get_config(arg=None):
 
   c.batch_size = 32  # global batch, split over devices and processes
   # 1000 steps left the walk/bow pair short of 0.99 on one path (seed 0 on 2 cores);
-  # 1200 reached it on every path measured (docs/results.md, "1200 steps").
+  # 1200 reached it on every path measured (docs/experiments/2026-12-02-recipe-1200).
   c.total_steps = 1200
   c.warmup_steps = 50
   c.learning_rate = 1e-3

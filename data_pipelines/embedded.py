@@ -305,7 +305,7 @@ def build(out_dir: str, sizes: dict = SPLITS, num_frames: int = 32, size: int = 
   if parallel and len(splits) > 1 and len(os.sched_getaffinity(0)) > 1:
     # Without other work here: the first split here, the others in a child. With it: one child
     # writes them all in turn, leaving the other core to ``meanwhile`` (on 2 cores, a child per
-    # group was no faster: docs/results.md, "Fixed costs of the first run").
+    # group was no faster: docs/experiments/2026-12-02-first-run-fixed-costs).
     groups = [dict(splits)] if meanwhile else [dict(splits[:1]), dict(splits[1:])]
     children = []
     try:

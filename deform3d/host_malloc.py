@@ -1,5 +1,5 @@
 """glibc malloc settings that stop XLA:CPU from page-faulting its buffers in every step
-(docs/performance.md, "Page faults").
+(docs/performance.md; docs/experiments/2026-11-26-cpu-step-profile).
 
 XLA:CPU allocates the temporary buffer of every execution of a compiled program with ``malloc``
 (581 MB for the embedded config's training step). glibc serves a request that large with a fresh
@@ -12,8 +12,8 @@ reuses the same pages (31-54 faults per step measured; heap fragmentation can ma
 refill). Results are bit for bit the same. The cost: the process keeps
 its peak memory resident until it exits, and all threads share one malloc lock.
 
-Measured (docs/performance.md, "Page faults"): the embedded training step alone runs 1.26x
-faster on one core and 1.12x on two, but the forward pass alone got slower (cause not found)
+Measured (docs/experiments/2026-11-26-cpu-step-profile): the embedded training step alone runs
+1.26x faster on one core and 1.12x on two, but the forward pass alone got slower (cause not found)
 and the whole training job on the 2-core machine, with the
 TensorFlow input pipeline's threads sharing the one heap, did not (1.22 against 1.28 steps/s, one
 run each). So it is opt-in: with ``DEFORM3D_HOST_MALLOC=1`` the launch scripts call

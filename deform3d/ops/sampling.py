@@ -121,11 +121,11 @@ def _sample_bwd(align_corners, padding_mode, backward, residuals, cot):
 _sample_custom_vjp.defvjp(_sample_fwd, _sample_bwd)
 
 BACKWARDS = ("autodiff", "onehot", "sorted")
-# ``backward="auto"``: the variant measured fastest on each backend (docs/performance.md,
-# "Sampler backward variants"). On the 2-core CPU and on an H100 (jaxlib 0.11.2) that is
-# autodiff's scatter-add, alone and in the paper-scale training step; the slow GPU scatter-add
-# reported for jaxlib 0.10.2-0.11.0 did not show there. A backend where it does gets its entry
-# here. Backends not listed (TPU: not measured) use autodiff.
+# ``backward="auto"``: the variant measured fastest on each backend (docs/experiments/
+# 2026-11-24-sampler-backward, 2026-11-25-h100). On the 2-core CPU and on an H100 (jaxlib
+# 0.11.2) that is autodiff's scatter-add, alone and in the paper-scale training step; the slow
+# GPU scatter-add reported for jaxlib 0.10.2-0.11.0 did not show there. A backend where it does
+# gets its entry here. Backends not listed (TPU: not measured) use autodiff.
 AUTO_BACKWARD = {"cpu": "autodiff", "gpu": "autodiff"}
 
 
