@@ -31,6 +31,8 @@ def _inputs(rng, b, h, g, n_q, n_k, d, hidden=8, dtype=jnp.float32):
 
 
 def _check_op(rng, shape, tol, dtype=jnp.float32, **blocks):
+  """The op (by default the GPU kernel's shapes in interpret mode, as on CPU) against
+  ``reference``: values and the gradients of all six inputs."""
   args = _inputs(rng, *shape, dtype=dtype)
   fused = jax.jit(lambda *a: fused_attention.deformable_attention(*a, **blocks))
   reference = jax.jit(fused_attention.reference)  # one compile, not op-by-op dispatch
@@ -60,6 +62,33 @@ def _check_op(rng, shape, tol, dtype=jnp.float32, **blocks):
 ])
 def test_op_equals_materialized_attention_float32(rng, shape, blocks):
   _check_op(rng, shape, 1e-5, **blocks)
+
+
+@pytest.mark.parametrize("variant", ["tpu_interpret", "xla"])
+@pytest.mark.parametrize("shape", [
+    (2, 4, 2, 70, 37, 8),     # shorter than one TPU tile: the whole padded sequence as a block
+    (1, 4, 2, 200, 150, 8),   # two TPU tiles each way, both ragged
+])
+def test_tpu_kernel_and_xla_form_equal_materialized_attention(rng, variant, shape):
+  """The TPU kernel's layout (tiles of 128, lse and delta on 128 lanes, w2 from a flat SMEM
+  array indexed by head), run in interpret mode, and the XLA form that ``implementation="auto"``
+  runs on CPU: the same custom VJP, values and all six gradients."""
+  _check_op(rng, shape, 1e-5, variant=variant)
+
+
+def test_auto_on_cpu_is_the_xla_form_and_pallas_is_the_kernel(rng):
+  """On this CPU, ``auto`` lowers to plain XLA ops (no kernel, no interpret loops) and
+  ``pallas`` to the kernels in interpret mode (loops over their grids); for ``cuda`` both lower
+  to Triton calls."""
+  from deform3d.train.aot import module_facts
+  args = _inputs(rng, 1, 2, 1, 20, 12, 8)
+  for implementation, loops in (("auto", False), ("pallas", True)):
+    fn = jax.jit(jax.grad(lambda *a: fused_attention.deformable_attention(
+        *a, implementation=implementation).sum()))
+    cpu = module_facts(fn.trace(*args).lower().as_text())
+    assert (cpu.while_loops > 0) == loops and not any(cpu.kernels.values())
+    cuda = module_facts(fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text())
+    assert cuda.kernels["triton"] == 3 and cuda.while_loops == 0  # forward, dq, dkv
 
 
 def test_op_bfloat16_within_its_rounding(rng):
@@ -196,6 +225,12 @@ def test_bad_attention_kernel_settings_are_refused(rng):
   with pytest.raises(ValueError, match="no attention dropout"):
     jax.eval_shape(lambda v: model.apply(v, frames, keypoints, train=True,
                                          rngs={"dropout": jax.random.key(1)}), variables)
-  # "auto": the fused kernel on a GPU only.
-  auto = build_model(dict(variant="tiny", num_classes=3, attention_kernel="auto"))
-  assert auto.fused_attention == (jax.default_backend() == "gpu")
+  # "auto": the fused op (which picks the kernel per platform when lowered), but the XLA
+  # modules where the kernel cannot serve (no fast path; dropout inside the attention).
+  auto = dict(variant="tiny", num_classes=3, attention_kernel="auto")
+  assert build_model(auto).fused_attention
+  assert not build_model(dict(auto, fast=False)).fused_attention
+  assert not build_model(dict(auto, attn_dropout=0.1)).fused_attention
+  with pytest.raises(ValueError, match="implementation must be one of"):
+    fused_attention.deformable_attention(*_inputs(rng, 1, 2, 1, 8, 6, 4),
+                                         implementation="triton")

@@ -175,6 +175,8 @@ class FusedMultiHeadAttention(MultiHeadAttention):
   hidden)``, ``key_hidden (B, G, Nk, hidden)`` and the per-head second-layer weight ``w2
   (hidden, heads)``. Returns ``(output, None)``: the weights are never materialized."""
 
+  implementation = "pallas"  # ops.fused_attention: the kernel everywhere, or "auto"
+
   @nn.compact
   def __call__(self, x_q, x_kv, *, query_hidden, key_hidden, w2, pool_queries: int = 1,
                deterministic: bool = True):
@@ -182,7 +184,8 @@ class FusedMultiHeadAttention(MultiHeadAttention):
       raise ValueError("attention_kernel='pallas' has no attention dropout: set "
                        f"attn_dropout=0 (got {self.attn_dropout}) or attention_kernel='xla'")
     q, k, v = (jnp.swapaxes(x, 1, 2) for x in self.project(x_q, x_kv))   # (B, H, L, D)
-    out = jnp.swapaxes(deformable_attention(q, k, v, query_hidden, key_hidden, w2), 1, 2)
+    out = jnp.swapaxes(deformable_attention(q, k, v, query_hidden, key_hidden, w2,
+                                            implementation=self.implementation), 1, 2)
     if pool_queries > 1:
       b, lq = out.shape[:2]
       if lq % pool_queries:
@@ -195,6 +198,7 @@ class FusedMultiHeadAttention(MultiHeadAttention):
 
 class FusedDeformableAttention3D(FastDeformableAttention3D):
   """``FastDeformableAttention3D`` whose bias and attention run in one fused kernel."""
+  Attention = FusedMultiHeadAttention
 
   def attend_keys(self, queries, query_pos, keys, key_pos, pool_queries: int,
                   deterministic: bool):
@@ -202,12 +206,21 @@ class FusedDeformableAttention3D(FastDeformableAttention3D):
     w1, b1 = _DenseParams(3, self.rel_pos_hidden, name="rpb_fc1")()
     # rpb_fc2's bias adds one number to every key of a query's row: the softmax cancels it.
     w2, _ = _DenseParams(self.rel_pos_hidden, self.num_heads // g, name="rpb_fc2")()
-    out, _ = FusedMultiHeadAttention(
+    out, _ = self.Attention(
         self.num_heads, attn_dropout=self.attn_dropout, proj_dropout=self.proj_dropout,
         dtype=self.dtype, name="attn")(
             queries, keys, query_hidden=query_pos @ w1 + b1, key_hidden=key_pos @ w1,
             w2=jnp.tile(w2, (1, g)), pool_queries=pool_queries, deterministic=deterministic)
     return out
+
+
+class AutoMultiHeadAttention(FusedMultiHeadAttention):
+  implementation = "auto"  # the kernel on GPU and TPU, its XLA form on CPU
+
+
+class AutoDeformableAttention3D(FusedDeformableAttention3D):
+  """``FusedDeformableAttention3D`` whose op chooses per platform (``attention_kernel="auto"``)."""
+  Attention = AutoMultiHeadAttention
 
 
 class JointGroupLayout:
@@ -327,3 +340,11 @@ class FusedBlock(FastBlock):
 
 class FusedPooledBlock(FastPooledBlock):
   Deformable = FusedDeformableAttention3D
+
+
+class AutoBlock(FastBlock):
+  Deformable = AutoDeformableAttention3D
+
+
+class AutoPooledBlock(FastPooledBlock):
+  Deformable = AutoDeformableAttention3D

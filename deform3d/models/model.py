@@ -121,7 +121,9 @@ class Deform3DTransformer(nn.Module):
   merge_in_block: Optional[bool] = None  # None: not scan
   sampler_backward: str = "auto"
   # The deformable attention's bias + softmax: "xla" (the modules' own ops), "pallas" (one fused
-  # kernel, ops/fused_attention.py; needs fast=True), "auto" (pallas on GPU, else xla).
+  # kernel, ops/fused_attention.py, on every platform: interpret mode on CPU; needs fast=True),
+  # "auto" (the kernel where the program is lowered for GPU or TPU, the same op in XLA ops for
+  # CPU; the XLA modules with fast=False or attn_dropout > 0). docs/accelerators.md.
   attention_kernel: str = "xla"
   dtype: Dtype = jnp.float32
 
@@ -175,14 +177,19 @@ class Deform3DTransformer(nn.Module):
       raise ValueError(f"Deform3DTransformer: attention_kernel must be one of "
                        f"{ATTENTION_KERNELS}, got {self.attention_kernel!r}")
     if self.attention_kernel == "auto":
-      return self.fast and jax.default_backend() == "gpu"
+      # The fused op, which picks per platform when lowered (kernel on GPU and TPU, its XLA
+      # form on CPU); the XLA modules where the kernel cannot serve (no fast path, dropout
+      # inside the attention).
+      return self.fast and not self.attn_dropout
     if self.attention_kernel == "pallas" and not self.fast:
       raise ValueError("Deform3DTransformer: attention_kernel='pallas' is a rewrite of the fast "
                        "modules: set fast=True")
     return self.attention_kernel == "pallas"
 
   def block_class(self):
-    if self.fused_attention:
+    if self.fused_attention and self.attention_kernel == "auto":
+      cls = fast.AutoBlock if self.design == "paper" else fast.AutoPooledBlock
+    elif self.fused_attention:
       cls = fast.FusedBlock if self.design == "paper" else fast.FusedPooledBlock
     elif self.fast:
       cls = fast.FastBlock if self.design == "paper" else fast.FastPooledBlock

@@ -232,10 +232,17 @@ class Trainer:
     return self._run("eval", self.eval_step, (params, batch), _layout(batch))
 
   # -- pure functions ---------------------------------------------------------------------------
+  def _on_mesh(self):
+    """The context of the model's trace: the trainer's mesh, so that the Pallas kernels run per
+    device (``ops.fused_attention``, ``shard_map`` over the batch)."""
+    return jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh)
+
   def _init(self, rng):
     frames = jnp.zeros(self.example_shapes["frames"], jnp.float32)
     keypoints = jnp.zeros(self.example_shapes["keypoints"], jnp.float32)
-    params = self.model.init(rng, frames, keypoints)["params"]
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), ())):
+      # One example: init runs unpartitioned (its parameters are sharded by out_shardings).
+      params = self.model.init(rng, frames, keypoints)["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=self.tx.init(params))
 
@@ -249,8 +256,9 @@ class Trainer:
     return normalize_pixels(resize_crops(batch["frames"], batch["crop"], size, batch["flip"]))
 
   def _loss(self, params, batch, rng):
-    logits = self.model.apply({"params": params}, self._frames(batch), batch["keypoints"],
-                              train=True, rngs={"dropout": rng})
+    with self._on_mesh():
+      logits = self.model.apply({"params": params}, self._frames(batch), batch["keypoints"],
+                                train=True, rngs={"dropout": rng})
     num_classes = logits.shape[-1]
     targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes),
                                   self.config.label_smoothing)
@@ -272,8 +280,10 @@ class Trainer:
     """Batch frames ``(B, K, T, H, W, 3)``: logits averaged over the ``K`` clips -> ``(B, C)``."""
     frames, keypoints = self._frames(batch), batch["keypoints"]
     b, k = keypoints.shape[:2]
-    logits = self.model.apply({"params": params}, frames.reshape((b * k,) + frames.shape[2:]),
-                              keypoints.reshape((b * k,) + keypoints.shape[2:]), train=False)
+    with self._on_mesh():
+      logits = self.model.apply({"params": params},
+                                frames.reshape((b * k,) + frames.shape[2:]),
+                                keypoints.reshape((b * k,) + keypoints.shape[2:]), train=False)
     return logits.reshape(b, k, -1).mean(axis=1)
 
   # -- loops ------------------------------------------------------------------------------------
