@@ -13,6 +13,9 @@ import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# libtpu (the test extra) loads in any process that compiles for a TPU topology; its lockfile
+# would let only one pytest worker at a time do so. Compile-only: no TPU is touched.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -275,10 +275,28 @@ def _padded(var, q, k, v, hq, hk, w2):
   return (bq, bk), (q, k, v, hq, hk, w2)
 
 
-def _call(var, kernel, grid, in_specs, out_specs, out_shape, name):
-  return pl.pallas_call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs,
-                        out_shape=out_shape, interpret=var.interpret,
-                        compiler_params=var.compiler_params, name=name)
+def _call(var, kernel, grid, in_specs, out_specs, out_shape, name, cost):
+  """``pallas_call`` with the variant's backend settings. ``cost``: ``(flops, transcendentals)``
+  of the whole call; with the bytes of its inputs and outputs (each read or written once) it is
+  the cost XLA counts for the kernel (which it cannot see into)."""
+  flops, transcendentals = cost
+
+  def call(*args):
+    nbytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((args, out_shape)))
+    estimate = pl.CostEstimate(flops=int(flops), transcendentals=int(transcendentals),
+                               bytes_accessed=int(nbytes))
+    return pl.pallas_call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs,
+                          out_shape=out_shape, interpret=var.interpret,
+                          compiler_params=var.compiler_params, name=name,
+                          cost_estimate=estimate)(*args)
+  return call
+
+
+def _tile_cost(b, h, pq, pk, d, hidden, matmuls):
+  """FLOPs and exponentials of ``matmuls`` ``(Q, Nk, D)`` products plus the bias (4 ops per
+  hidden unit and pair: subtract, max, multiply, add) over every tile of a call."""
+  pairs = b * h * pq * pk
+  return 2 * matmuls * pairs * d + 4 * hidden * pairs, pairs
 
 
 def _kernel_forward(var: _Variant, q, k, v, hq, hk, w2):
@@ -294,7 +312,8 @@ def _kernel_forward(var: _Variant, q, k, v, hq, hk, w2):
        pl.BlockSpec((None, None, bq, var.lanes), lambda b, h, t: (b, h, t, 0))],
       [jax.ShapeDtypeStruct(qp.shape, q.dtype),
        jax.ShapeDtypeStruct(qp.shape[:3] + (var.lanes,), jnp.float32)],
-      "deformable_attention_fwd")(qp, kp, vp, hqp, hkp, w2p)
+      "deformable_attention_fwd",
+      _tile_cost(b, h, qp.shape[2], kp.shape[2], d, hidden, 2))(qp, kp, vp, hqp, hkp, w2p)
   return o[:, :, :n_q], lse[:, :, :n_q, 0]
 
 
@@ -321,7 +340,8 @@ def _kernel_backward(var: _Variant, q, k, v, hq, hk, w2, o, lse, do):
        pl.BlockSpec((None, None, bq, hidden), lambda b, h, t: (b, h, t, 0))],
       [jax.ShapeDtypeStruct(qp.shape, q.dtype),
        jax.ShapeDtypeStruct((b, h, pq, hidden), jnp.float32)],
-      "deformable_attention_dq")(qp, kp, vp, hqp, hkp, w2p, do_p, lse_l, delta_l)
+      "deformable_attention_dq", _tile_cost(b, h, pq, pk, d, hidden, 3))(
+          qp, kp, vp, hqp, hkp, w2p, do_p, lse_l, delta_l)
 
   dk, dv, dhk, dw2 = _call(
       var, functools.partial(_dkv_kernel, block_q=bq, block_k=bk, **common), (b, h, pk // bk),
@@ -335,7 +355,8 @@ def _kernel_backward(var: _Variant, q, k, v, hq, hk, w2, o, lse, do):
       [jax.ShapeDtypeStruct(kp.shape, k.dtype), jax.ShapeDtypeStruct(vp.shape, v.dtype),
        jax.ShapeDtypeStruct((b, h, hidden, pk), jnp.float32),
        jax.ShapeDtypeStruct((b, h, hidden, pk), jnp.float32)],
-      "deformable_attention_dkv")(qp, kp, vp, hqp, hkp, w2p, do_p, lse_l, delta_l)
+      "deformable_attention_dkv", _tile_cost(b, h, pq, pk, d, hidden, 4))(
+          qp, kp, vp, hqp, hkp, w2p, do_p, lse_l, delta_l)
 
   dhq = dhq[:, :, :n_q].sum(axis=1)                                         # over heads
   dhk = jnp.swapaxes(dhk[..., :n_k].reshape(b, groups, h // groups, hidden, n_k).sum(axis=2),

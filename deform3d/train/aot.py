@@ -39,7 +39,11 @@ TPU_CHIPS = {
 def topology_mesh(topology: str) -> Mesh:
   """A 1-D ``data`` mesh over the chips of a TPU topology such as ``"v5e:2x4"`` that need not
   exist: libtpu's compile-only devices (programs compile for them, they cannot run)."""
+  import os
   from jax.experimental import topologies
+  # Compile-only devices touch no TPU: several processes (pytest workers) may load libtpu at
+  # once, which its lockfile otherwise refuses.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   try:
     desc = topologies.get_topology_desc(topology, platform="tpu")
   except Exception as e:  # noqa: BLE001 - libtpu missing, or a name it does not know
