@@ -26,6 +26,19 @@ def _common(config):
       flip_permutation(LAYOUTS[layout])
 
 
+def describe(config, split: str = None) -> str:
+  """Where a run's batches come from: the tf.data service at its address, or this process's
+  own pipeline over the records of ``split`` (default: the training split)."""
+  split = split or config.dataset.train_split
+  where = f"{config.dataset.data_dir} ({split})"
+  service = config.dataset.get("service") or None
+  if service and split == config.dataset.train_split:
+    return f"input: the tf.data service at {service}, reading {where}"
+  resize = config.dataset.get("resize", "host")
+  return (f"input: the local tf.data pipeline of each process, reading {where}; frames resized "
+          f"on the {'accelerator' if resize == 'device' else 'host'}")
+
+
 def train_iter(config, start_step: int = 0):
   kw, perm = _common(config)
   ds = input_pipeline.make_dataset(

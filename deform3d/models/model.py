@@ -186,6 +186,20 @@ class Deform3DTransformer(nn.Module):
                        "modules: set fast=True")
     return self.attention_kernel == "pallas"
 
+  def attention_path(self, platform: str) -> str:
+    """What computes the deformable attention when the model runs on ``platform`` (a device's
+    ``platform``: ``cpu``, ``gpu``, ``tpu``), after ``attention_kernel="auto"`` has chosen."""
+    if not self.fused_attention:
+      return f"XLA ops ({'fast' if self.fast else 'plain'} modules, " \
+             f"attention_kernel={self.attention_kernel})"
+    if platform in ("gpu", "cuda", "rocm"):
+      return f"fused Pallas kernel, Triton (attention_kernel={self.attention_kernel})"
+    if platform == "tpu":
+      return f"fused Pallas kernel, Mosaic TPU (attention_kernel={self.attention_kernel})"
+    if self.attention_kernel == "auto":
+      return "the fused op's XLA form (attention_kernel=auto on a CPU)"
+    return "fused Pallas kernel in interpret mode (attention_kernel=pallas on a CPU: slow)"
+
   def block_class(self):
     if self.fused_attention and self.attention_kernel == "auto":
       cls = fast.AutoBlock if self.design == "paper" else fast.AutoPooledBlock

@@ -172,6 +172,18 @@ class Trainer:
     self._compiled = {}  # compile(): {kind: (batch layout, compiled program)}
     self.compiled_calls = collections.Counter()  # steps run by those programs, per kind
 
+  def describe(self) -> list:
+    """Lines that say what this trainer runs: the platform and devices, the deformable
+    attention's path (after ``auto``), the compute dtype and the parameters' sharding."""
+    device = self.mesh.devices.flat[0]
+    return [
+        f"platform: {device.platform} ({device.device_kind}), {self.mesh.size} devices in the "
+        f"mesh {dict(self.mesh.shape)}, {jax.process_count()} processes",
+        f"deformable attention: {self.model.attention_path(device.platform)}",
+        f"compute dtype: {jnp.dtype(self.model.dtype).name} (parameters float32, "
+        f"{self.config.param_sharding})",
+    ]
+
   # -- ahead-of-time compilation ---------------------------------------------------------------
   def batch_specs(self) -> dict:
     """The global batches the input pipeline delivers for this config, as shape/dtype
@@ -467,6 +479,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     if prepared is not None and is_main:
       log(f"the steps compiled ahead do not fit the data's clip shapes {shapes}: compiling again")
     trainer = Trainer(config, mesh, shapes)
+  if is_main:
+    for line in trainer.describe():
+      log(line)
   state = restore_or_init(trainer, mngr, config)
   start = int(jax.device_get(state.step))
   if is_main:
