@@ -47,7 +47,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["deform3d", "deform3d.*", "data_pipelines",
-                                    "data_pipelines.*"]),
+                                    "data_pipelines.*", "configs", "configs.*"]),
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
