@@ -10,10 +10,8 @@ depend on the runner or the worker count. A build that stops leaves only a tempo
 re-running it starts clean (TFDS writes into ``*.incomplete*`` and renames when done).
 """
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags  # noqa: E402

@@ -5,9 +5,7 @@ evaluation on ``--split`` and writes ``metrics.json`` (top-1, top-5, mean class 
 confusion matrix) and ``confusion.png`` to ``WORKDIR/eval_SPLIT``.
 """
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags, logging  # noqa: E402

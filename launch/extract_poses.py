@@ -23,13 +23,15 @@ import argparse
 import json
 import os
 import pickle
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data_pipelines.skeletons import COCO17  # noqa: E402  (NumPy only)
+# ``data_pipelines.skeletons.COCO17``, written out: this script runs in the pose environment,
+# where the project is not installed (tests/test_predict.py checks that the two agree).
+COCO17 = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
+          "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip",
+          "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle")
 
 # BlazePose landmark index of each COCO-17 joint, in COCO-17 order.
 BLAZEPOSE_TO_COCO17 = (0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28)

@@ -6,12 +6,9 @@ Reads the progress lines the trainer writes (``WORKDIR/log.txt``, or any saved c
 ``deform3d/train/curves.py``. Every training run also writes its own ``WORKDIR/curves.png``.
 """
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deform3d.train import curves  # noqa: E402
+from deform3d.train import curves
 
 
 def main():

@@ -9,12 +9,10 @@ each model's ranking of the methods by hit rate and by AUC.
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deform3d.explain import faithfulness  # noqa: E402
-from deform3d.train.report import format_spread as fmt  # noqa: E402
+from deform3d.explain import faithfulness
+from deform3d.train.report import format_spread as fmt
 
 
 def table(s: dict) -> str:

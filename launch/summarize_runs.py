@@ -7,12 +7,9 @@ of a run): ``deform3d/train/report.py: summarize``.
 """
 import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deform3d.train import report  # noqa: E402
+from deform3d.train import report
 
 
 def main():

@@ -6,9 +6,7 @@ checkpoint. The embedded dataset is generated on first use. Multi-device on one 
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` to simulate 8 CPU devices.
 """
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags, logging  # noqa: E402
