@@ -14,26 +14,19 @@ the earlier one):
 The model settings come from the config files; the paper-scale configs compute in bfloat16
 (their ``model.dtype``). Needs no TensorFlow.
 
-``--traffic``: instead, per module of block 0 (the largest block), forward + backward FLOPs and
-bytes accessed from XLA's cost analysis, FLOP per byte and the H100/H200 floors, and the
-deformable attention's core against the fused kernel's bytes by construction
-(``deform3d/bench/traffic.py``), e.g. ``python launch/model_stats.py --traffic --configs
-ntu:split=xsub60 --batch 2 --out traffic.json``.
+The same model's bytes and FLOPs per module (a benchmark, not installed with the package):
+``python -m benchmarks.traffic`` from the repository root (``benchmarks/traffic.py``).
 """
 import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-
-from configs.common import clip_shapes, load  # noqa: E402
-from deform3d.models import build_model  # noqa: E402
+from configs.common import clip_shapes, load
+from deform3d.models import build_model
 
 
 def _inputs(config, batch):
@@ -78,11 +71,7 @@ def main():
   parser.add_argument("--designs", default="paper,pooled")
   parser.add_argument("--batch", type=int, default=8, help="clips per training step for memory")
   parser.add_argument("--out", default=None)
-  parser.add_argument("--traffic", action="store_true",
-                      help="bytes and FLOPs per module of block 0 (deform3d/bench/traffic.py)")
   args = parser.parse_args()
-  if args.traffic:
-    return traffic_main(args)
   rows = []
   print(f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}")
   print("| config | design | dtype | params | GFLOPs/clip (fwd) | step peak MiB "
@@ -98,22 +87,6 @@ def main():
     with open(args.out, "w") as fh:
       json.dump({"backend": jax.default_backend(), "jax": jax.__version__, "rows": rows}, fh,
                 indent=1)
-
-
-def traffic_main(args):
-  from deform3d.bench import traffic
-  out = {"backend": jax.default_backend(), "jax": jax.__version__, "batch": args.batch,
-         "devices": traffic.DEVICES, "configs": {}}
-  for name in args.configs:
-    config = load(name)
-    model = build_model({**config.model, "drop_path": 0.0, "dropout": 0.0})
-    frames, keypoints = _inputs(config, args.batch)
-    print(f"{name}, batch {args.batch}, {config.model.dtype}, backend {jax.default_backend()}")
-    print(traffic.header())
-    out["configs"][name] = traffic.traffic_table(model, frames, keypoints)
-  if args.out:
-    with open(args.out, "w") as fh:
-      json.dump(out, fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,27 @@ import sys
 
 import pytest
 
-from deform3d.bench import step_profile
-from deform3d.bench import suites as benchmark
+from benchmarks import step_profile
+from benchmarks import suites as benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_harness_never_imports_tensorflow():
+  """The benchmark harness loads without TensorFlow (as the ``deform3d`` code it measures,
+  tests/test_train.py), all but the input benchmark (``benchmarks/input_bench.py``), which
+  measures the tf.data pipeline: every other ``benchmarks`` module imported in a fresh process
+  leaves ``tensorflow`` and ``data_pipelines`` out of ``sys.modules``."""
+  from tests import fresh_python
+  code = ("import importlib, pkgutil, sys, benchmarks\n"
+          "names = [m.name for m in pkgutil.walk_packages(benchmarks.__path__, 'benchmarks.')\n"
+          "         if m.name != 'benchmarks.input_bench']\n"
+          "for n in names: importlib.import_module(n)\n"
+          "print(len(names), sorted({m.split('.')[0] for m in sys.modules} & "
+          "{'tensorflow', 'tensorflow_datasets', 'data_pipelines'}))\n")
+  count, loaded = fresh_python(code).split(" ", 1)
+  assert int(count) >= 7  # the walk found the harness's modules
+  assert loaded == "[]", loaded
 
 
 def test_sampler_benchmark_reports_all_implementations(monkeypatch):
@@ -49,11 +66,10 @@ def test_paper_suite_writes_its_json(tmp_path):
   import json
   import subprocess
   out = tmp_path / "paper.json"
-  script = os.path.join(ROOT, "launch", "benchmark.py")
-  proc = subprocess.run([sys.executable, script, "--suite", "paper", "--paper_spec",
-                         "ntu:runlocal=true", "--batch", "2", "--repeats", "2",
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.suites", "--suite", "paper",
+                         "--paper_spec", "ntu:runlocal=true", "--batch", "2", "--repeats", "2",
                          "--paper_rows", "float32/auto/fused", "--out", str(out)],
-                        capture_output=True, text=True)
+                        capture_output=True, text=True, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(out.read_text())
   info = result["info"]
@@ -130,14 +146,14 @@ def test_profile_reads_a_gpu_trace_by_hlo_op():
 
 @pytest.mark.slow
 def test_accelerator_script_keeps_to_its_time(tmp_path):
-  """``launch/benchmark_accelerator.sh`` (the prepared device run) on CPU with the tiny model
+  """``benchmarks/benchmark_accelerator.sh`` (the prepared device run) on CPU with the tiny model
   and a 40 s budget: every phase is started or reported as not started, the whole call ends
   within the budget (plus the kill grace), the environment is recorded."""
   import time
   env = dict(os.environ, BENCH_SIZE="tiny", BENCH_SPEC="embedded:variant=tiny",
              BENCH_BATCHES="2 3")
   t = time.perf_counter()
-  proc = subprocess.run(["bash", os.path.join(ROOT, "launch", "benchmark_accelerator.sh"),
+  proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "benchmark_accelerator.sh"),
                          str(tmp_path), "40"], capture_output=True, text=True, env=env)
   elapsed = time.perf_counter() - t
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -202,16 +218,15 @@ def test_model_stats_command_reports_the_config_model(tmp_path):
 
 @pytest.mark.slow
 def test_traffic_table_of_the_tiny_model(tmp_path):
-  """``launch/model_stats.py --traffic``: each part of block 0 compiled alone (forward and
+  """``python -m benchmarks.traffic``: each part of block 0 compiled alone (forward and
   backward) with XLA's FLOPs and bytes; the parts nest (the block holds the deformable
   attention, which holds its bias + attention); the fused core's bytes by construction are
   below XLA's count for the materialized core; floors follow from the device figures."""
-  from deform3d.bench import traffic
+  from benchmarks import traffic
   out = tmp_path / "traffic.json"
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "model_stats.py"),
-                         "--traffic", "--configs", "embedded:variant=tiny", "--batch", "2",
-                         "--out", str(out)], capture_output=True, text=True, timeout=600,
-                        cwd=ROOT)
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.traffic", "--configs",
+                         "embedded:variant=tiny", "--batch", "2", "--out", str(out)],
+                        capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = {r["module"]: r for r in json.loads(out.read_text())["configs"]["embedded:variant=tiny"]}
   for _, _, label in traffic.BLOCK_PARTS:

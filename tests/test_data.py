@@ -609,11 +609,11 @@ def test_uint8_frames_are_the_float_frames_rounded(tmp_path, train):
 
 
 def test_input_benchmark_reports_rates_and_stages(tmp_path):
-  """``launch/input_benchmark.py``'s harness on the embedded data: clips/s per round and the
-  per-clip time of each stage prefix, each prefix no cheaper than the one before."""
-  from data_pipelines import bench
-  result = bench.run(str(tmp_path), datasets=("embedded",), clips=4, rounds=2,
-                     log=lambda s: None, frames_dtypes=("uint8", "float32"))
+  """The input benchmark (``benchmarks/input_bench.py``) on the embedded data: clips/s per round
+  and the per-clip time of each stage prefix, each prefix no cheaper than the one before."""
+  from benchmarks import input_bench
+  result = input_bench.run(str(tmp_path), datasets=("embedded",), clips=4, rounds=2,
+                           log=lambda s: None, frames_dtypes=("uint8", "float32"))
   row = result["embedded"]
   assert row["frames_dtype"] == "uint8" and set(row["by_frames_dtype"]) == {"uint8", "float32"}
   assert len(row["clips_per_s"]) == 2 and row["min"] <= row["median"] <= row["max"]

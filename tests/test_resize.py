@@ -104,7 +104,7 @@ def test_resize_cost_reports_flops_and_times():
   """The benchmarks' measure of the step's resize (``--suite paper`` rows of configs with
   ``dataset.resize="device"``, and the input benchmark): XLA's FLOPs grow with the batch as
   the two dense weight products predict, and the times are ordered."""
-  from deform3d.bench.timing import resize_cost
+  from benchmarks.timing import resize_cost
   one, two = (resize_cost(b, 2, 32, 24, repeats=2) for b in (1, 2))
   # Per clip and frame: 24x32 weights times 32x32x3 pixels, then 24x32 times 24x32x3, 2 FLOPs
   # per multiply-add.

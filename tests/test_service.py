@@ -146,10 +146,10 @@ def test_launch_commands_start_a_dispatcher_and_a_worker(data_dir):
 
 @pytest.mark.slow
 def test_service_benchmark_reports_rates(tmp_path):
-  """``launch/input_benchmark.py --service_workers``: clips/s through worker processes."""
-  from data_pipelines import bench
-  d = bench.build_embedded_records(str(tmp_path / "embedded"), clips=16)
-  row = bench.service_clips_per_s(d, "embedded", workers=1, clips=4, rounds=2,
-                                  log=lambda s: None)
+  """``python -m benchmarks.input_bench --service_workers``: clips/s through worker processes."""
+  from benchmarks import input_bench
+  d = input_bench.build_embedded_records(str(tmp_path / "embedded"), clips=16)
+  row = input_bench.service_clips_per_s(d, "embedded", workers=1, clips=4, rounds=2,
+                                        log=lambda s: None)
   assert row["workers"] == 1 and len(row["clips_per_s"]) == 2
   assert 0 < row["min"] <= row["median"] <= row["max"]

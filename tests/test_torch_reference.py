@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from deform3d.bench import torch_reference  # noqa: E402
+from benchmarks import torch_reference  # noqa: E402
 from deform3d.models import build_model, joint_groups  # noqa: E402
 from tests.test_fast_paths import random_params  # noqa: E402
 

@@ -415,13 +415,14 @@ def test_training_learns_through_the_real_trainer_and_pipeline(tmp_path):
 
 def test_training_code_never_imports_tensorflow():
   """The model, ops, training, explanation code and the configs load without TensorFlow: every
-  ``deform3d`` module imported in a fresh process leaves ``tensorflow`` out of ``sys.modules``."""
+  ``deform3d`` module imported in a fresh process leaves ``tensorflow`` out of ``sys.modules``,
+  and the benchmark harness (``benchmarks/``, kept out of the installed packages) too."""
   code = ("import importlib, pkgutil, sys, deform3d\n"
           "names = [m.name for m in pkgutil.walk_packages(deform3d.__path__, 'deform3d.')]\n"
           "for n in names: importlib.import_module(n)\n"
           "import configs.embedded, configs.ntu, configs.finegym, configs.pennaction\n"
           "print(len(names), sorted({m.split('.')[0] for m in sys.modules} & "
-          "{'tensorflow', 'tensorflow_datasets', 'data_pipelines'}))\n")
+          "{'tensorflow', 'tensorflow_datasets', 'data_pipelines', 'benchmarks'}))\n")
   count, loaded = fresh_python(code).split(" ", 1)
   assert int(count) >= 20  # the walk found the package's modules
   assert loaded == "[]", loaded

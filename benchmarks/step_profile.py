@@ -1,4 +1,4 @@
-"""Where a jitted training step's time goes: ``launch/benchmark.py --suite profile``.
+"""Where a jitted training step's time goes: ``python -m benchmarks.suites --suite profile``.
 
 Traces a few executions of the compiled fwd+bwd step with ``jax.profiler`` (a Perfetto trace), and
 joins each executed op (an XLA:CPU thunk, named after its HLO instruction) with that instruction's
@@ -24,8 +24,8 @@ import tempfile
 import jax
 import numpy as np
 
-from deform3d.bench.timing import _flops, _times, compile_grad_step, minor_faults
-from deform3d.bench.xla import xla_stats
+from benchmarks.timing import _flops, _times, compile_grad_step, minor_faults
+from benchmarks.xla import xla_stats
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.-]+) = (\S+) ([a-z][\w-]*)\((.*)$", re.M)
 

@@ -11,8 +11,8 @@
 #   3. paper32: the same at the second batch, fused then fast;
 #   4. profile: time per module and pass from the GPU trace, fused then fast (the compiled
 #               steps of phase 1 come from the compilation cache).
-# Usage: bash launch/benchmark_accelerator.sh OUT_DIR [TOTAL_S]
-# BENCH_SIZE (benchmark --sizes, default paper), BENCH_SPEC (its config, default
+# Usage: bash benchmarks/benchmark_accelerator.sh OUT_DIR [TOTAL_S]
+# BENCH_SIZE (benchmarks.suites --sizes, default paper), BENCH_SPEC (its config, default
 # ntu:split=xsub60) and BENCH_BATCHES (default "16 32") shrink it for a test on CPU.
 set -uo pipefail
 out=${1:?usage: benchmark_accelerator.sh OUT_DIR [TOTAL_S]}
@@ -47,14 +47,14 @@ phase() {  # phase NAME COMMAND...: runs under what is left, logs to NAME.log an
   python3 -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())" 2>&1
 } > "$out/env.log" 2>&1
 cat "$out/env.log"
-phase model python3 launch/benchmark.py --suite model --sizes "$size" --model_batch "$b1" \
+phase model python3 -m benchmarks.suites --suite model --sizes "$size" --model_batch "$b1" \
   --dtypes bfloat16 --jax_fused --torch_compile --repeats 10 --out "$out/model.json"
-phase paper16 python3 launch/benchmark.py --suite paper --paper_spec "$spec" --batch "$b1" \
+phase paper16 python3 -m benchmarks.suites --suite paper --paper_spec "$spec" --batch "$b1" \
   --paper_rows bfloat16/auto/fused,bfloat16/auto/fast --repeats 10 --out "$out/paper16.json"
-phase paper32 python3 launch/benchmark.py --suite paper --paper_spec "$spec" --batch "$b2" \
+phase paper32 python3 -m benchmarks.suites --suite paper --paper_spec "$spec" --batch "$b2" \
   --paper_rows bfloat16/auto/fused,bfloat16/auto/fast --repeats 10 --out "$out/paper32.json"
-phase profile_fused python3 launch/benchmark.py --suite profile --sizes "$size" \
+phase profile_fused python3 -m benchmarks.suites --suite profile --sizes "$size" \
   --model_batch "$b1" --dtypes bfloat16 --fused --out "$out/profile_fused.json"
-phase profile_fast python3 launch/benchmark.py --suite profile --sizes "$size" \
+phase profile_fast python3 -m benchmarks.suites --suite profile --sizes "$size" \
   --model_batch "$b1" --dtypes bfloat16 --out "$out/profile_fast.json"
 echo "total: $(( $(date +%s) - start )) s of $total" | tee -a "$out/timeline.log"

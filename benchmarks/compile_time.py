@@ -5,9 +5,18 @@ e.g. ``"ntu:split=xsub60"``) and times ``train_step.lower(...).compile()`` on ab
 of the config's clip shapes: the program a training run compiles, with its optimizer update.
 ``compare`` runs it for several code trees in turn, round after round, each compile in its own
 Python process (no in-process cache), so trees measured in one call share the machine's state.
+
+Command line, from the repository root::
+
+  python -m benchmarks.compile_time --config ntu:split=xsub60 --batch 2 --repeats 3 \
+      [--trees OLD_CHECKOUT,.] [--set scan=true] [--out result.json]
+
+``--step_time scan=false scan=true`` instead times the training step of each variant in one
+process, alternated (``--repeats`` rounds of 10 steps).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -24,7 +33,7 @@ def step_compile(spec: str, batch: int, overrides: Optional[dict] = None) -> dic
   import jax.numpy as jnp
 
   from configs.common import clip_shapes, load
-  from deform3d.bench.xla import xla_stats
+  from benchmarks.xla import xla_stats
   from deform3d.train import sharding as shd
   from deform3d.train.trainer import Trainer
 
@@ -55,8 +64,14 @@ def step_compile(spec: str, batch: int, overrides: Optional[dict] = None) -> dic
 
 def _child(tree: str, spec: str, batch: int, overrides: dict) -> dict:
   """``step_compile`` in a fresh interpreter with ``tree`` first on the path."""
-  code = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
-          "from deform3d.bench.compile_time import step_compile; "
+  # A tree from before the harness left the package has it at deform3d/bench/.
+  code = ("import json, sys; sys.path.insert(0, sys.argv[1])\n"
+          "try:\n"
+          "  from benchmarks.compile_time import step_compile\n"
+          "except ModuleNotFoundError as e:\n"
+          "  if e.name != 'benchmarks':\n"
+          "    raise\n"
+          "  from deform3d.bench.compile_time import step_compile\n"
           "print('ROW ' + json.dumps(step_compile(sys.argv[2], int(sys.argv[3]), "
           "json.loads(sys.argv[4]))))")
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=tree)
@@ -139,3 +154,48 @@ def alternated_step_times(spec: str, batch: int, variants: Sequence[dict], round
   return [{"overrides": run["overrides"], "ms": run["ms"], "median_ms":
            statistics.median(run["ms"]), "min_ms": min(run["ms"]), "max_ms": max(run["ms"])}
           for run in runs]
+
+
+def _value(text):
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError:
+    return text
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default="embedded:variant=tiny",
+                      help="configs.common.load spec, e.g. ntu:split=xsub60")
+  parser.add_argument("--batch", type=int, default=2)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--trees", default=".", help="comma-separated code trees to compare")
+  parser.add_argument("--set", action="append", default=[],
+                      help="model override KEY=VALUE (JSON value), e.g. scan=false")
+  parser.add_argument("--step_time", nargs="+", default=None, metavar="KEY=VALUE[,KEY=VALUE]",
+                      help="time the step of each variant instead, alternated")
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args()
+  overrides = dict((kv.split("=", 1)[0], _value(kv.split("=", 1)[1])) for kv in args.set)
+  if args.step_time:
+    variants = [{**overrides, **dict((kv.split("=", 1)[0], _value(kv.split("=", 1)[1]))
+                                     for kv in v.split(","))} for v in args.step_time]
+    rows = alternated_step_times(args.config, args.batch, variants, rounds=args.repeats)
+    for r in rows:
+      print(f"{r['overrides']}: median {r['median_ms']:.1f} ms (min {r['min_ms']:.1f}, "
+            f"max {r['max_ms']:.1f})")
+    if args.out:
+      with open(args.out, "w") as fh:
+        json.dump({"spec": args.config, "batch": args.batch, "rows": rows}, fh, indent=1)
+    return
+  trees = [os.path.abspath(t) for t in args.trees.split(",")]
+  result = compare(trees, args.config, args.batch, args.repeats, overrides)
+  for tree, s in result["trees"].items():
+    print(f"{tree}: median {s['median_s']:.1f} s (min {s['min_s']:.1f}, max {s['max_s']:.1f})")
+  if args.out:
+    with open(args.out, "w") as fh:
+      json.dump(result, fh, indent=1)
+
+
+if __name__ == "__main__":
+  main()

@@ -7,8 +7,8 @@ gradients. The trilinear sampling is ``torch.nn.functional.grid_sample`` on 5-D 
 
 Functional style: ``forward(params, frames, keypoints, cfg, train=...)`` where ``params`` is a
 nested dict of tensors named like the Flax tree and ``cfg`` holds the model's fields. Only
-``launch/benchmark.py`` (``deform3d/bench/suites.py``) and the tests import this module; the
-model, ops and training code never import torch.
+the benchmark suites (``benchmarks/suites.py``) and the tests import this module; the model, ops
+and training code never import torch.
 
 ``cfg["fast"]`` (the Flax model's field) selects the same speed rewrites as
 ``deform3d/models/fast.py``, so that a benchmark can compare the same program on both sides:

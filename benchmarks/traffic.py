@@ -1,5 +1,10 @@
-"""Memory traffic and arithmetic per module, from XLA's cost analysis (``launch/model_stats.py
---traffic``).
+"""Memory traffic and arithmetic per module, from XLA's cost analysis.
+
+``python -m benchmarks.traffic [--configs embedded ntu:split=xsub60] [--batch 8] [--out F]`` from
+the repository root: per module of block 0 (the largest block) of each config's model, forward +
+backward FLOPs and bytes accessed, FLOP per byte and the H100/H200 floors, and the deformable
+attention's core against the fused kernel's bytes by construction, e.g. ``python -m
+benchmarks.traffic --configs ntu:split=xsub60 --batch 2 --out traffic.json``.
 
 Each module call of one block (read from the model itself: ``nn.intercept_methods`` under
 ``jax.eval_shape`` records the shapes it is called with) is compiled alone, forward and backward
@@ -14,7 +19,9 @@ construction: each input read once and each output written once per kernel.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 
 import flax.linen as nn
 import jax
@@ -228,3 +235,33 @@ def header():
   return ("| module (block 0, fwd + bwd) | GFLOP | GB accessed | FLOP/byte | "
           + " | ".join(f"{d} floor ms" for d in DEVICES) + " |\n"
           + "| --- " * (4 + len(DEVICES)) + "|")
+
+
+def main():
+  from configs.common import clip_shapes, load
+  from deform3d.models import build_model
+
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--configs", nargs="+", default=["embedded", "ntu:split=xsub60"],
+                      help="NAME[:ARG] of configs/NAME.py, e.g. ntu:split=xsub60,pose=kinect")
+  parser.add_argument("--batch", type=int, default=8, help="clips of the compiled calls")
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args()
+  out = {"backend": jax.default_backend(), "jax": jax.__version__, "batch": args.batch,
+         "devices": DEVICES, "configs": {}}
+  for name in args.configs:
+    config = load(name)
+    model = build_model({**config.model, "drop_path": 0.0, "dropout": 0.0})
+    shapes = clip_shapes(config)
+    frames, keypoints = (jax.ShapeDtypeStruct((args.batch,) + shapes[k], jnp.float32)
+                         for k in ("frames", "keypoints"))
+    print(f"{name}, batch {args.batch}, {config.model.dtype}, backend {jax.default_backend()}")
+    print(header())
+    out["configs"][name] = traffic_table(model, frames, keypoints)
+  if args.out:
+    with open(args.out, "w") as fh:
+      json.dump(out, fh, indent=1)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,11 +1,11 @@
-"""Benchmarks, side by side in one run: ``python launch/benchmark.py [--out results.json]``
-(the command line; this module is the harness).
+"""Benchmarks, side by side in one run: ``python -m benchmarks.suites [--out results.json]``
+from the repository root (this module is the harness and its command line).
 
 Suites (``--suite model|sampler|all``, and ``paper``, ``profile``, ``matmul``):
 
 * ``model``: the full ``Deform3DTransformer``, forward (eval) and forward+backward (cross-entropy
   and all parameter gradients) at several sizes and dtypes, next to the PyTorch reference
-  implementation of the same model (``deform3d/bench/torch_reference.py``, loaded with the same
+  implementation of the same model (``benchmarks/torch_reference.py``, loaded with the same
   parameters; ``tests/test_torch_reference.py`` checks equal logits and gradients). Reports
   step time, clips/s, JAX compile time, peak memory and the JAX-over-torch speedup.
 * ``sampler``: ``grid_sample_3d`` alone with each ``backward`` variant (autodiff scatter-add,
@@ -18,7 +18,7 @@ Suites (``--suite model|sampler|all``, and ``paper``, ``profile``, ``matmul``):
   XLA's FLOP count and the FLOP/s reached. Rows stop being started after ``--budget_s``; the
   JSON is rewritten after every row. Meant for an accelerator: on CPU one row takes minutes.
 * ``profile`` (not in ``all``): where one fwd+bwd step's time goes
-  (``deform3d/bench/step_profile.py``; XLA:CPU ops, or a GPU's kernels by their HLO op): op time per model module and pass (forward/backward) and per
+  (``benchmarks/step_profile.py``; XLA:CPU ops, or a GPU's kernels by their HLO op): op time per model module and pass (forward/backward) and per
   kind of op, the op count, the FLOP rate as a fraction of ``--reference_gflops`` (e.g. the
   ``matmul`` suite's square-product rate), the minor page faults of one step; ``--plot`` writes
   a PNG bar chart. The size is ``--sizes`` (one of ``MODEL_SIZES``, default embedded).
@@ -44,14 +44,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deform3d.bench import step_profile
-from deform3d.bench.timing import _flops, _median_time, _paired_times, _times  # noqa: F401
-from deform3d.bench.timing import compile_grad_step, minor_faults, peak_memory  # noqa: F401
-from deform3d.bench.timing import resize_cost
-from deform3d.bench.xla import mb as _mb, xla_stats  # noqa: F401
+from benchmarks import step_profile
+from benchmarks.timing import _flops, _median_time, _paired_times, _times  # noqa: F401
+from benchmarks.timing import compile_grad_step, minor_faults, peak_memory  # noqa: F401
+from benchmarks.timing import resize_cost
+from benchmarks.xla import mb as _mb, xla_stats  # noqa: F401
 from deform3d.ops import grid_sample_3d
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (name, N, D, H, W, C, points per item): the model's default use (batch 32 x 2 groups, 8x6x6
 # volume, 4x3x3 points) and a paper-scale layer (batch 8 x 2 groups, 16x28x28, 8x7x7 points).
@@ -269,7 +269,7 @@ def _child(flag, args, env=None):
   import subprocess
   env = dict(os.environ if env is None else env)
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
-  proc = subprocess.run([sys.executable, "-m", "deform3d.bench.suites", flag, json.dumps(args)],
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.suites", flag, json.dumps(args)],
                         capture_output=True, text=True, env=env, cwd=ROOT)
   lines = [line for line in proc.stdout.splitlines() if line.startswith(("{", "["))]
   if proc.returncode == 0 and lines:
@@ -377,7 +377,7 @@ def _torch_impls(model, params, data, dtype, torch_compile, torch_fast=False):
   """The PyTorch reference's forward and step (eager, and optionally torch.compile), of the
   plain program and, with ``torch_fast``, of the fast one."""
   import torch
-  from deform3d.bench import torch_reference
+  from benchmarks import torch_reference
   frames, keypoints, labels = data
   tp = torch_reference.params_from_flax(jax.device_get(params), requires_grad=True)
   tf_, tk, ty = torch.tensor(frames), torch.tensor(keypoints), torch.tensor(labels)
@@ -431,7 +431,7 @@ def bench_model(repeats, sizes=None, dtypes=DTYPES, torch_compile=False, jax_pla
   sizes' own batch."""
   try:
     import torch  # noqa: F401
-    from deform3d.bench import torch_reference  # noqa: F401
+    from benchmarks import torch_reference  # noqa: F401
     with_torch = True
   except ImportError:
     with_torch = False

@@ -1,7 +1,9 @@
 """Input-pipeline benchmark: clips/s of the training pipeline and the time per clip by stage.
 
-``python launch/input_benchmark.py [--clips 24] [--rounds 3] [--out input.json]`` (the command
-line; this module is the harness). Two datasets:
+``python -m benchmarks.input_bench [--clips 24] [--rounds 3] [--datasets paper,embedded]
+[--frames_dtypes uint8:device,uint8:host,float32] [--work_dir DIR] [--out input.json]`` from the
+repository root (this module is the harness and its command line; ``taskset -c 0`` in front
+measures one core). Two datasets:
 
 * ``paper``: records written by the project's writer from the real NTU RGB+D clip
   ``tests/data/ntu_sample.avi`` (stored at short side 256, every frame, JPEG quality 92, two
@@ -24,23 +26,29 @@ that keeps the stream a function of ``(seed, position)``) and ``to_numpy`` (copy
 frames out of TensorFlow). ``frames_dtypes=("uint8:device", "uint8:host", "float32")`` measures
 pipeline variants side by side, rounds alternated (``uint8`` alone: the config's resize).
 ``device_resize`` reports what the step's resize costs per clip
-(``deform3d.bench.timing.resize_cost``: its FLOPs by XLA's count, and its time on this process's
+(``benchmarks.timing.resize_cost``: its FLOPs by XLA's count, and its time on this process's
 CPU; the accelerator's is not measured here).
 """
 from __future__ import annotations
 
+import argparse
 import gc
+import json
 import os
 import statistics
+import tempfile
 import time
 from typing import Callable
 
 import numpy as np
-import tensorflow as tf
 
-from data_pipelines import input_pipeline, records
-from data_pipelines.datasets import common
-from data_pipelines.skeletons import LAYOUTS, flip_permutation
+if __name__ == "__main__":
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow loads
+import tensorflow as tf  # noqa: E402
+
+from data_pipelines import input_pipeline, records  # noqa: E402
+from data_pipelines.datasets import common  # noqa: E402
+from data_pipelines.skeletons import LAYOUTS, flip_permutation  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "tests", "data", "ntu_sample.avi")
@@ -262,7 +270,7 @@ def run(work_dir: str, datasets=("paper", "embedded"), clips: int = 24, rounds: 
     row["stages_ms_per_clip"] = stages(data_dir, name, variant=row["frames_dtype"])
     if any(_variant(name, d)[1] == "device" for d in row["by_frames_dtype"]):
       # The jitted step's share of resize="device" for one clip, on this process's JAX device.
-      from deform3d.bench.timing import resize_cost
+      from benchmarks.timing import resize_cost
       s = SETTINGS[name]
       cost = row["device_resize"] = resize_cost(1, s["num_frames"], s["crop_pad"],
                                                 s["image_size"])
@@ -279,3 +287,37 @@ def run(work_dir: str, datasets=("paper", "embedded"), clips: int = 24, rounds: 
           f"{k} {v:.1f} ms" for k, v in r["stages_ms_per_clip"].items()))
     result[name] = row
   return result
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--clips", type=int, default=24, help="clips per round")
+  parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--datasets", default="paper,embedded")
+  parser.add_argument("--work_dir", default=None, help="where the records are built (kept)")
+  parser.add_argument("--frames_dtypes", default=None,
+                      help="pipeline variants, rounds alternated: uint8 or float32, uint8 with "
+                           "where the crop is resized (uint8:device, uint8:host); e.g. "
+                           "uint8:device,uint8:host (default: the config's own)")
+  parser.add_argument("--service_workers", default=None,
+                      help="e.g. 1,2: also read through tf.data service with that many worker "
+                           "processes on this machine (service_clips_per_s)")
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args()
+  work = args.work_dir or tempfile.mkdtemp(prefix="input_bench_")
+  dtypes = args.frames_dtypes.split(",") if args.frames_dtypes else None
+  result = run(work, args.datasets.split(","), args.clips, args.rounds, frames_dtypes=dtypes)
+  for n in (args.service_workers.split(",") if args.service_workers else []):
+    for name in args.datasets.split(","):
+      row = service_clips_per_s(os.path.join(work, name), name, int(n), args.clips,
+                                args.rounds)
+      print(f"{name} via tf.data service, {n} worker process(es): {row['median']:.2f} clips/s "
+            f"(min {row['min']:.2f}, max {row['max']:.2f})")
+      result.setdefault("service", []).append(row)
+  if args.out:
+    with open(args.out, "w") as fh:
+      json.dump(result, fh, indent=1)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,1 +1,0 @@
-"""Measurement harnesses (compile time, ...); their command lines live in ``launch/``."""
