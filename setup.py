@@ -29,7 +29,17 @@ EXTRAS = {
         "apache-beam==2.77.0",         # dataset builds (DirectRunner locally, any runner at scale)
         "av==18.1.0",                  # video decoding (PyAV, FFmpeg inside the wheel)
     ],
+    # Accelerators, at the jax that CI tests (docs/accelerators.md): NVIDIA GPUs (CUDA 12 wheels,
+    # no local CUDA toolkit needed) and Cloud TPU VMs (libtpu). The tpu extra also lets any
+    # Linux host compile programs for TPU topologies (launch/plan.py, tests/test_lowering.py).
+    "gpu": [
+        "jax[cuda12]==0.10.2",
+    ],
+    "tpu": [
+        "jax[tpu]==0.10.2",
+    ],
     "test": [
+        "jax[tpu]==0.10.2",  # libtpu: the TPU lowering and compile tests (tests/test_lowering.py)
         "pytest==9.2.0",
         "pytest-xdist==3.8.0",
         "torch==2.13.0",  # CPU build; reference for grid_sample and the benchmark

@@ -35,6 +35,9 @@ def main(argv):
                                            _STEP.value)
   except FileNotFoundError as e:
     raise SystemExit(str(e))
+  if jax.process_index() == 0:
+    for line in tr.describe() + [loaders.describe(config, split)]:
+      print(line, flush=True)
   metrics = tr.evaluate(state.params, loaders.eval_iter(config, split))
   if jax.process_index() == 0:
     out = _OUT.value or os.path.join(_WORKDIR.value, f"eval_{split}")

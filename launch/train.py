@@ -59,6 +59,7 @@ def main(argv):
   log = (lambda s: print(s, flush=True)) if main_process else (lambda s: None)
   log(f"devices: {jax.device_count()} ({jax.devices()[0].platform}), "
       f"processes: {jax.process_count()} ({how})")
+  log(loaders.describe(config))
   result = trainer.train(config, _WORKDIR.value,
                          make_train_iter=lambda start: loaders.train_iter(config, start),
                          make_eval_iter=lambda: loaders.eval_iter(config),
