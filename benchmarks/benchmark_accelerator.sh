@@ -11,6 +11,7 @@
 #   3. paper32: the same at the second batch, fused then fast;
 #   4. profile: time per module and pass from the GPU trace, fused then fast (the compiled
 #               steps of phase 1 come from the compilation cache).
+# The GPU's compile target is saved first (gpu_target_config.txt).
 # Usage: bash benchmarks/benchmark_accelerator.sh OUT_DIR [TOTAL_S]
 # BENCH_SIZE (benchmarks.suites --sizes, default paper), BENCH_SPEC (its config, default
 # ntu:split=xsub60) and BENCH_BATCHES (default "16 32") shrink it for a test on CPU.
@@ -47,6 +48,11 @@ phase() {  # phase NAME COMMAND...: runs under what is left, logs to NAME.log an
   python3 -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())" 2>&1
 } > "$out/env.log" 2>&1
 cat "$out/env.log"
+# The GPU's compile target: with it, programs for this GPU compile on a CPU host later
+# (jax.experimental.topologies), as TPU programs do (docs/accelerators.md).
+python3 -c "import jax; from jax._src.lib import xla_client; print(xla_client.get_topology_for_devices(jax.devices('gpu')).target_config)" \
+  > "$out/gpu_target_config.txt" 2> "$out/gpu_target_config.log" \
+  && echo "gpu_target_config.txt: $(wc -c < "$out/gpu_target_config.txt") bytes"
 phase model python3 -m benchmarks.suites --suite model --sizes "$size" --model_batch "$b1" \
   --dtypes bfloat16 --jax_fused --torch_compile --repeats 10 --out "$out/model.json"
 phase paper16 python3 -m benchmarks.suites --suite paper --paper_spec "$spec" --batch "$b1" \
