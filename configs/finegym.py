@@ -59,7 +59,9 @@ def get_config(arg=None):
   c.model.fast = True
   c.model.remat = False  # True trades recompute for memory (docs/model.md)
   c.model.sampler_backward = "auto"  # sampler gradient by backend (ops/sampling.py)
-  c.model.attention_kernel = "xla"  # "pallas": fused bias + softmax kernel; "auto": pallas on GPU
+  # "pallas": the fused bias + softmax kernel; "auto": that kernel on GPU and TPU, its XLA form on
+  # CPU (docs/accelerators.md)
+  c.model.attention_kernel = "xla"
   c.model.dtype = "bfloat16"
 
   c.batch_size = 64  # global
