@@ -6,6 +6,7 @@ fail. ``why`` says which property those tests guard.
 
     python -m tests.breaks [--only NAME ...] [--list] [--rev REV] [--jobs 1] [--baseline]
         [--timeout 900] [--json PATH] [--table docs/testing_breaks.md] [--times PATH]
+    python -m tests.breaks --render JSON --table PATH     (the table of an earlier pass)
 
 For each entry: a scratch copy of the tree (the working tree: the files git tracks plus the
 untracked ones it does not ignore; or ``git archive REV`` with ``--rev``), the replacement made
@@ -532,7 +533,18 @@ def note(run: dict) -> str:
     return "timeout"
   if run["rc"] == 0 and "skipped" in run["summary"] and "passed" not in run["summary"]:
     return "skipped"
-  return re.sub(r" in [\d.]+s( \([\d:]+\))?$", "", run["summary"])  # its time is in seconds
+  return short_summary(run["summary"])
+
+
+def short_summary(summary: str) -> str:
+  """pytest's summary line without its time (a result's own field) and warnings count."""
+  summary = re.sub(r" in [\d.]+s( \([\d:]+\))?$", "", summary)
+  return re.sub(r", \d+ warnings?", "", summary)
+
+
+def failure_lines(output: str, limit: int = 15) -> list:
+  """The first assertion lines (pytest's ``E`` lines) of a run's output."""
+  return [l[:300] for l in output.splitlines() if l.startswith("E ")][:limit]
 
 
 def run_break(b: Break, rev: Optional[str], cache_dir: str, timeout: float,
@@ -550,7 +562,8 @@ def run_break(b: Break, rev: Optional[str], cache_dir: str, timeout: float,
               "rc": None, "output": ""}
     run = run_pytest(tree, b.tests, scratch_env(tree, cache_dir), timeout)
     return {"result": classify(run), "note": note(run), "seconds": run["seconds"],
-            "rc": run["rc"], "output": run["output"][-6000:]}
+            "rc": run["rc"], "failure": failure_lines(run["output"]),
+            "output": run["output"][-4000:]}
   finally:
     if keep:
       print(f"  kept the scratch tree of {b.name}: {tree}", flush=True)
@@ -570,6 +583,12 @@ def revision_info(rev: Optional[str]) -> dict:
     changed = _git("status", "--porcelain", "--untracked-files=normal", text=True).stdout
     info["working_tree_changes"] = len([l for l in changed.splitlines() if l.strip()])
   return info
+
+
+def host_info() -> str:
+  """CPU count and load average when a pass starts (other work on the machine slows it)."""
+  load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+  return f"{os.cpu_count()} CPUs, load average {load} at the start"
 
 
 def write_outputs(report: dict, json_path: Optional[str], table_path: Optional[str]) -> None:
@@ -596,7 +615,7 @@ def counts(results: Sequence[dict]) -> dict:
 def markdown(report: dict) -> str:
   where = report["commit"][:12]
   if report.get("rev"):
-    where += f" (`--rev {report['rev']}`)"
+    where += " (`--rev`)"
   elif report.get("working_tree_changes"):
     where += f" plus {report['working_tree_changes']} uncommitted change(s) in the working tree"
   done = report["results"]
@@ -609,9 +628,11 @@ def markdown(report: dict) -> str:
       f"    {report['command']}",
       "",
       f"Run {report['started']} to {report.get('finished') or '(not finished)'} on commit "
-      f"{where}; {len(done)} of {report['planned']} entries run, total wall time "
-      f"{_fmt(sum(r['seconds'] for r in done))}: **{c['caught']} caught, "
-      f"{c['NOT caught']} NOT caught, {c['invalid']} invalid**.",
+      f"{where}; {len(done)} of {report['planned']} entries run: **{c['caught']} caught, "
+      f"{c['NOT caught']} NOT caught, {c['invalid']} invalid**. Wall time of the breaks "
+      f"{_fmt(sum(r['seconds'] for r in done))}"
+      + (f", of the whole pass {_fmt(report['total_seconds'])}" if report.get("total_seconds")
+         else "") + "." + (f" Host: {report['host']}." if report.get("host") else ""),
       "",
       "Each break is made in a scratch copy of the tree and its tests run there "
       "(`python -m pytest -q -x`). caught: the tests failed; NOT caught: they passed, were "
@@ -621,16 +642,16 @@ def markdown(report: dict) -> str:
       ""]
   if report.get("baseline"):
     base = report["baseline"]
-    lines += [f"Baseline (every entry's tests on the unbroken copy): {base['summary'] or base['rc']}"
-              f" in {_fmt(base['seconds'])}" + ("" if base["rc"] == 0 else " **(not all passed)**"),
-              ""]
+    lines += [f"Baseline (every entry's tests on the unbroken copy): "
+              f"{short_summary(base['summary']) or base['rc']} in {_fmt(base['seconds'])}"
+              + ("" if base["rc"] == 0 else " **(not all passed)**"), ""]
   lines += ["| break | file | tests | result | seconds | guards |",
             "| --- | --- | --- | --- | --- | --- |"]
   for r in done:
     tests = "<br>".join(f"`{t.replace('tests/', '', 1)}`" for t in r["tests"])
     result = r["result"] if r["result"] == "caught" else f"**{r['result']}**"
     if r.get("note"):
-      result += f" ({r['note']})"
+      result += f" ({short_summary(r['note'])})"
     lines.append(f"| `{r['name']}` | `{r['file']}` | {tests} | {result.replace('|', '/')} | "
                  f"{r['seconds']:.0f} | {r['why']} |")
   left = report.get("not_run") or []
@@ -664,8 +685,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "(e.g. docs/testing_breaks.md)")
   parser.add_argument("--times", help="a previous pass's JSON: cheapest entries first, and ETA")
   parser.add_argument("--keep", action="store_true", help="keep the scratch trees")
+  parser.add_argument("--render", metavar="JSON", help="write --table from this JSON of an "
+                      "earlier pass and exit (nothing runs)")
   args = parser.parse_args(argv)
 
+  if args.render:
+    with open(args.render) as fh:
+      write_outputs(json.load(fh), None, args.table or parser.error("--render needs --table"))
+    return 0
   breaks = list(BREAKS)
   if args.only:
     known = {b.name for b in breaks}
@@ -705,7 +732,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   report = {"command": command.strip(), **revision_info(args.rev),
             "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "finished": None, "timeout_s": args.timeout, "jobs": args.jobs,
-            "python": sys.version.split()[0], "planned": len(breaks), "results": [],
+            "python": sys.version.split()[0], "host": host_info(), "planned": len(breaks),
+            "results": [],
             "not_run": [b.name for b in breaks]}
   t_start = time.monotonic()
   try:
@@ -719,7 +747,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run = run_pytest(probe, ids, scratch_env(probe, cache_dir), args.timeout * len(ids),
                          stop_first=False)
         report["baseline"] = {k: run[k] for k in ("rc", "seconds", "summary", "timed_out")}
-        report["baseline"]["output"] = run["output"][-6000:]
+        report["baseline"]["failure"] = failure_lines(run["output"])
+        report["baseline"]["output"] = run["output"][-4000:]
         print(f"baseline: {run['summary'] or run['rc']} in {_fmt(run['seconds'])}"
               + ("" if run["rc"] == 0 else "  <-- NOT all passed: results below mean little"),
               flush=True)
