@@ -81,6 +81,7 @@ T_MODEL = "tests/test_model.py::"
 T_FAST = "tests/test_fast_paths.py::"
 T_FUSED = "tests/test_fused_attention.py::"
 T_RESIZE = "tests/test_resize.py::"
+T_LOWER = "tests/test_lowering.py::"
 CROPS = T_DATA + "test_random_crops_of_non_square_frames_keep_each_frame_with_its_keypoints"
 EVAL_CLIPS = T_TRAIN + "test_evaluation_averages_each_videos_own_clips_and_keeps_its_label"
 DEVICE_STEPS = (T_TRAIN + "test_device_resize_runs_the_pipelines_padded_crops_through_the_"
@@ -337,6 +338,29 @@ BREAKS: List[Break] = [
       '"glibc.malloc.arena_max=1")', '"glibc.malloc.arena_max=2")',
       "tests/test_host_malloc.py::test_maybe_reexec_restarts_the_same_command_once",
       "the malloc restart sets the tunables written out in the test"),
+    # -- accelerator programs: the lowering tier -----------------------------------------------
+    B("lowering-gpu-kernel-interpreted", "deform3d/ops/fused_attention.py",
+      'return _Variant("gpu", block_q, block_k, 1, False, False,',
+      'return _Variant("gpu", block_q, block_k, 1, False, True,',
+      T_LOWER + "test_steps_lower_for_cuda_and_tpu[embedded-pallas-bfloat16-1-replicated]",
+      "the fused kernel lowered for cuda is Triton, not interpret-mode loops"),
+    B("lowering-batch-replicated", TRAINER,
+      "self.batch_sharding = shd.batch_sharding(mesh)",
+      "self.batch_sharding = shd.replicated(mesh)",
+      T_LOWER + "test_steps_lower_for_cuda_and_tpu[embedded-xla-float32-8-fsdp]",
+      "on 8 devices the clips are split over the data axis in the lowered module"),
+    B("lowering-fsdp-ignored", "deform3d/train/sharding.py",
+      'if mode == "replicated" or n == 1 or', 'if True or',
+      T_LOWER + "test_steps_lower_for_cuda_and_tpu[embedded-xla-float32-8-fsdp]",
+      "param_sharding=fsdp splits parameters in the lowered module"),
+    B("lowering-state-not-donated", TRAINER,
+      "donate_argnums=(0,))", ")",
+      T_LOWER + "test_steps_lower_for_cuda_and_tpu[embedded-pallas-bfloat16-1-replicated]",
+      "the training step donates every leaf of its state"),
+    B("lowering-kernel-not-per-device", "deform3d/ops/fused_attention.py",
+      "if mesh.empty or mesh.size == 1:", "if True:",
+      T_LOWER + "test_steps_lower_for_cuda_and_tpu[finegym-pallas-float32-8-replicated]",
+      "under a multi-device mesh the kernel runs per device (Mosaic cannot be partitioned)"),
 ]
 
 

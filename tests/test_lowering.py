@@ -74,11 +74,18 @@ def _check(facts, platform, kernel, trainer, kind):
     assert facts.donated_args == 0
 
 
-def _shardings(text):
-  """The (Shardy) sharding of each of the main function's arguments, as ``[{"data"}, {}]``."""
+def _arguments(text):
+  """``[(type, sharding)]`` of the main function's arguments: ``("8x4x32x32x3xui8",
+  '[{"data"}, {}, {}, {}, {}]')`` (Shardy's per-dimension axes)."""
   main = text[text.index("func.func public @main"):]
   header = main[:main.index("{\n")].split(") -> (")[0]  # the arguments, not the results
-  return re.findall(r"sdy\.sharding = #sdy\.sharding<@mesh, (\[[^\]]*\])>", header)
+  return re.findall(r"%arg\d+: tensor<([^>]*)> \{sdy\.sharding = #sdy\.sharding<@mesh, "
+                    r"(\[[^\]]*\])>", header)
+
+
+def _mlir_type(shape, dtype) -> str:
+  names = {"uint8": "ui8", "float32": "f32", "int32": "i32", "bool": "i1", "bfloat16": "bf16"}
+  return "x".join([str(d) for d in shape] + [names[str(dtype)]])
 
 
 @pytest.mark.parametrize("name,kernel,dtype,devices,param_sharding", CASES)
@@ -88,17 +95,21 @@ def test_steps_lower_for_cuda_and_tpu(name, kernel, dtype, devices, param_shardi
     texts = {p: lowered.as_text() for p, lowered in aot.lower(trainer, kind).items()}
     for platform, text in texts.items():
       _check(aot.module_facts(text), platform, kernel, trainer, kind)
-    split = [x for x in _shardings(texts["cuda"]) if '"data"' in x]
+    arguments = _arguments(texts["cuda"])
+    split = [x for _, x in arguments if '"data"' in x]
     if devices == 8:
       assert 'sdy.mesh @mesh = <["data"=8]>' in texts["cuda"]
-      # The batch's fields that the step reads (frames, keypoints, label; the mask in
-      # evaluation) split over the 8 devices; with FSDP, parameters and moments as well.
-      batch_fields = len(trainer.batch_specs()[kind])
-      assert len(split) >= 3
+      # The clips (frames, keypoints) split over the 8 devices along their batch axis; with
+      # FSDP, parameters and moments as well.
+      batch = trainer.batch_specs()[kind]
+      for field in ("frames", "keypoints"):
+        want = _mlir_type(batch[field].shape, batch[field].dtype)
+        got = [x for t, x in arguments if t == want]
+        assert got and all(x.startswith('[{"data"}') for x in got), (field, want, got)
       if param_sharding == "fsdp":
-        assert len(split) > batch_fields
+        assert len(split) > len(batch)
       else:
-        assert len(split) <= batch_fields
+        assert len(split) <= len(batch)
       if kernel != "xla" and kind == "train":
         # shard_map's sum over devices of the replicated w2's gradient (per deformable block).
         assert aot.module_facts(texts["tpu"]).collectives.get("all_reduce", 0) > 0
