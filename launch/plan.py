@@ -106,15 +106,17 @@ def main(argv):
   else:
     mesh = aot.topology_mesh(FLAGS.topology)
   kernels = [k for k in FLAGS.kernels.split(",") if k] or [""]
-  rows = [plan_row(k, mesh) for k in kernels]
+  rows = []
+  for kernel in kernels:
+    rows.append(plan_row(kernel, mesh))
+    if FLAGS.out:  # each row as it is measured: a long compile killed later loses only itself
+      with open(FLAGS.out, "w") as fh:
+        json.dump(rows, fh, indent=1)
   if len(rows) == 2:
     a, b = rows
     print(f"{b['attention_kernel']} / {a['attention_kernel']}: memory "
           f"{b['memory_bytes'] / a['memory_bytes']:.2f}x, bytes accessed "
           f"{b['bytes_accessed'] / a['bytes_accessed']:.2f}x")
-  if FLAGS.out:
-    with open(FLAGS.out, "w") as fh:
-      json.dump(rows, fh, indent=1)
   return 0
 
 
