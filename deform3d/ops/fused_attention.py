@@ -55,9 +55,10 @@ from jax.sharding import PartitionSpec as P
 
 NEG = -1e30  # masked logits (finite: a fully masked tile must not give nan)
 IMPLEMENTATIONS = ("pallas", "auto")
-# The kernel variants, by the platform they are written for ("interpret" runs the GPU variant's
-# shapes in Pallas interpret mode).
-VARIANTS = ("gpu", "tpu", "interpret")
+# The forms ``deformable_attention(variant=...)`` can force: the kernels by the platform they are
+# laid out for ("interpret", "tpu_interpret": those layouts in Pallas interpret mode) and the
+# XLA form.
+VARIANTS = ("gpu", "tpu", "interpret", "tpu_interpret", "xla")
 TPU_LANES = 128
 
 
@@ -496,8 +497,8 @@ def deformable_attention(q, k, v, query_hidden, key_hidden, w2, *, block_q: int 
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"deformable_attention: implementation must be one of {IMPLEMENTATIONS}, "
                      f"got {implementation!r}")
-  if variant not in (None, "xla", "gpu", "tpu", "interpret", "tpu_interpret"):
-    raise ValueError(f"deformable_attention: unknown variant {variant!r}")
+  if variant is not None and variant not in VARIANTS:
+    raise ValueError(f"deformable_attention: variant must be one of {VARIANTS}, got {variant!r}")
   static = (block_q, block_k, implementation, variant)
   return _per_device(lambda *a: _attention(*a, static),
                      (q, k, v, query_hidden, key_hidden, w2))
