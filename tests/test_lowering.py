@@ -88,6 +88,7 @@ def _mlir_type(shape, dtype) -> str:
   return "x".join([str(d) for d in shape] + [names[str(dtype)]])
 
 
+@pytest.mark.slow  # 10-40 s each on 2 cores: the full tier, not the quick one
 @pytest.mark.parametrize("name,kernel,dtype,devices,param_sharding", CASES)
 def test_steps_lower_for_cuda_and_tpu(name, kernel, dtype, devices, param_sharding):
   trainer = _trainer(name, kernel, dtype, devices, param_sharding)
