@@ -85,7 +85,7 @@ def plan_row(kernel: str, mesh) -> dict:
     print(f"  roofline: >= {roof['bound_s'] * 1e3:.1f} ms per step ({roof['bound']}-bound: "
           f"compute {roof['compute_s'] * 1e3:.1f} ms, HBM {roof['memory_s'] * 1e3:.1f} ms); "
           f"<= {roof['clips_per_s_per_chip']:.1f} clips/s per chip", flush=True)
-  if FLAGS.fit and batch // 2 >= mesh.size and batch // 2 % mesh.size == 0:
+  if FLAGS.fit and batch // 2 >= mesh.size and (batch // 2) % mesh.size == 0:
     half = aot.plan(_trainer(_config(kernel, batch // 2), mesh))
     per_clip = (p.memory_bytes - half.memory_bytes) / (batch - batch // 2)
     fixed = p.memory_bytes - per_clip * batch
@@ -96,6 +96,10 @@ def plan_row(kernel: str, mesh) -> dict:
       print(f"  memory {_gb(per_clip)} per clip + {_gb(fixed)}: the largest global batch in "
             f"{_gb(roof['hbm_bytes'])} of HBM per chip is about {fits} (linear fit of batch "
             f"{batch // 2} and {batch})", flush=True)
+    else:
+      row["largest_batch"] = None
+      print(f"  memory does not grow from batch {batch // 2} to {batch}: no estimate of the "
+            "largest batch (try a larger --batch)", flush=True)
   return row
 
 

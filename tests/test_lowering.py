@@ -146,3 +146,41 @@ def test_tiny_train_step_compiles_for_a_tpu_topology():
   assert 0 < plan.memory_bytes < 1e9
   bound = plan.roofline()
   assert bound["bound_s"] == max(bound["compute_s"], bound["memory_s"]) > 0
+
+
+def test_unknown_topology_and_cpu_mesh_for_tpu_are_refused_with_the_fix_named():
+  with pytest.raises(ValueError, match=r"TPU topology 'v9z:2x2'.*names look like v5e:2x4"):
+    aot.topology_mesh("v9z:2x2")
+  config = load("embedded:variant=tiny")
+  cpu = Trainer(config, aot.shd.make_mesh(jax.devices()[:1]), clip_shapes(config))
+  with pytest.raises(ValueError, match=r"tpu lowering needs the Trainer on a mesh of TPU devices"):
+    aot.lower(cpu, "eval", ("tpu",))
+  with pytest.raises(ValueError, match="platform must be one of"):
+    aot.lower(cpu, "eval", ("metal",))
+
+
+@pytest.mark.heavy
+def test_plan_command_prints_and_writes_memory_cost_roofline_and_largest_batch(tmp_path):
+  """``launch/plan.py`` on the tiny config for a v5e 2x2 slice: both attention paths, with the
+  fit at half the batch."""
+  import json
+  import os
+  import subprocess
+  import sys
+  out = tmp_path / "plan.json"
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(
+      [sys.executable, "launch/plan.py", "--config", "configs/embedded.py:variant=tiny",
+       "--topology", "v5e:2x2", "--batch", "32", "--kernels", "xla,pallas", "--out", str(out)],
+      cwd=repo, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = json.loads(out.read_text())
+  assert [r["attention_kernel"] for r in rows] == ["xla", "pallas"]
+  for row in rows:
+    assert row["chips"] == 4 and row["device_kind"] == "TPU v5 lite" and row["batch"] == 32
+    assert 0 < row["memory_bytes"] < 16e9 and row["flops"] > 0 and row["bytes_accessed"] > 0
+    assert row["roofline"]["bound_s"] > 0 and row["largest_batch"] % 4 == 0
+    assert row["largest_batch"] > 32  # the tiny model at batch 32 is far from 16 GB per chip
+  assert rows[0]["kernels"] == 0 and rows[1]["kernels"] == 6
+  assert "roofline: >= " in proc.stdout and "the largest global batch" in proc.stdout
+  assert "pallas / xla: memory" in proc.stdout
