@@ -5,7 +5,7 @@ exactly once) is replaced by ``replacement``; the tests ``tests`` (pytest node i
 fail. ``why`` says which property those tests guard.
 
     python -m tests.breaks [--only NAME ...] [--list] [--rev REV] [--jobs 1] [--baseline]
-        [--timeout 900] [--json PATH] [--table docs/testing_breaks.md] [--times PATH]
+        [--timeout 900] [--json PATH] [--table docs/experiments/breaks/table.md] [--times PATH]
     python -m tests.breaks --render JSON --table PATH     (the table of an earlier pass)
 
 For each entry: a scratch copy of the tree (the working tree: the files git tracks plus the
@@ -706,7 +706,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help=f"seconds per break (default {DEFAULT_TIMEOUT}); past it: NOT caught")
   parser.add_argument("--json", help="write the JSON summary here")
   parser.add_argument("--table", help="write the Markdown table here "
-                      "(e.g. docs/testing_breaks.md)")
+                      "(e.g. docs/experiments/breaks/table.md)")
   parser.add_argument("--times", help="a previous pass's JSON: cheapest entries first, and ETA")
   parser.add_argument("--keep", action="store_true", help="keep the scratch trees")
   parser.add_argument("--render", metavar="JSON", help="write --table from this JSON of an "
