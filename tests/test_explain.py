@@ -103,40 +103,16 @@ def test_pngs_are_written(rng, tmp_path):
 
 
 @pytest.mark.heavy
-def test_explain_command_on_a_briefly_trained_model(tmp_path):
-  """Trains the embedded config briefly (150 steps), then ``launch/explain.py``: the PNGs and
-  JSON of 2 clips per class, and the faithfulness report, in which first-block attention agrees
-  with the ground truth's moving joints better than chance (hit rate and AUC; margins below)."""
-  pytest.importorskip("tensorflow")
-  from configs.embedded import get_config
-  from data_pipelines import embedded, loaders
-  from deform3d.train import trainer
-
-  data = str(tmp_path / "data")
-  embedded.build(data, sizes={"train": (800, 2, 31), "val": (20, 1, 32), "test": (60, 1, 33)},
-                 verbose=False)
-  config = get_config()
-  # The model options of before the first-run recipe (2026-12-01), on which the margins below
-  # were measured over 3 seeds. With the recipe's (RGB -> cross update closed at the start,
-  # pose_norm, no drop-path) first-block attention agreed less at 150 steps (seed 0: hit rate
-  # 0.307 against chance 0.280, AUC 0.528): not re-measured over seeds.
-  # (cross_rgb_scale equal to layer_scale: what None means, writable on the command line.)
-  old = {"cross_rgb_scale": 0.1, "pose_norm": False, "drop_path": 0.1}
-  for k, v in old.items():
-    config.model[k] = v
-  config.dataset.data_dir = data
-  config.total_steps = STEPS
-  config.warmup_steps = 30
-  config.eval_every = config.checkpoint_every = STEPS
-  config.log_every = 50
-  config.tensorboard = False
-  workdir = str(tmp_path / "work")
-  trainer.train(config, workdir, make_train_iter=lambda s: loaders.train_iter(config, s),
-                make_eval_iter=lambda: loaders.eval_iter(config), log=lambda s: None)
+def test_explain_command_on_a_briefly_trained_model(explained_model, tmp_path):
+  """``launch/explain.py`` on the embedded config trained briefly (150 steps: the session's
+  ``explained_model``, tests/conftest.py): the PNGs and JSON of 2 clips per class, and the
+  faithfulness report, in which first-block attention agrees with the ground truth's moving
+  joints better than chance (hit rate and AUC; margins below)."""
+  from data_pipelines import embedded
+  workdir, overrides = explained_model["workdir"], explained_model["overrides"]
+  assert explained_model["steps"] == STEPS  # the model the margins were measured on
 
   out = str(tmp_path / "explain")
-  overrides = [f"--config.dataset.data_dir={data}"] + [f"--config.model.{k}={v}"
-                                                        for k, v in old.items()]
   proc = subprocess.run([sys.executable, "launch/explain.py", "--config", "configs/embedded.py",
                          "--workdir", workdir, "--num", "2", "--out", out] + overrides,
                         cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -164,11 +140,12 @@ def test_explain_command_on_a_briefly_trained_model(tmp_path):
   # wrist, wave clips vs the others, was 1.13 vs 0.97, 1.30 vs 1.04 and 0.80 vs 0.76 for seeds
   # 0, 1, 2 (2026-11-30): seed 2 puts the wave clips below their share.
 
-  # Faithfulness against the ground truth the build wrote (the moving joints of every clip).
+  # Faithfulness against the ground truth the build wrote (the moving joints of every clip), the
+  # 60 clips in one batch (one program per method; the default batch of 50 compiles two).
   out = str(tmp_path / "faithfulness")
   proc = subprocess.run([sys.executable, "launch/explain.py", "--config", "configs/embedded.py",
                          "--workdir", workdir, "--faithfulness", "--methods", "attention,rollout",
-                         "--ks", "3", "--out", out] + overrides,
+                         "--ks", "3", "--batch", "60", "--out", out] + overrides,
                         cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.load(open(os.path.join(out, "faithfulness.json")))

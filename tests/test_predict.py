@@ -68,30 +68,21 @@ def test_extract_poses_finds_the_person_in_the_real_clip(ntu_poses):
 
 
 @pytest.mark.heavy
-def test_predict_and_explain_the_real_clip(ntu_poses, tmp_path):
-  """A briefly trained embedded model (its tiny variant) classifies the real clip (from the
-  extracted poses, and with the poses estimated on the fly) and writes its explanation PNGs."""
+def test_predict_and_explain_the_real_clip(ntu_poses, explained_model, tmp_path):
+  """A briefly trained embedded model (the session's ``explained_model``, tests/conftest.py:
+  150 steps) classifies the real clip (from the extracted poses, and with the poses estimated
+  on the fly) and writes its explanation PNGs."""
   from configs.embedded import get_config
-  from data_pipelines import embedded, loaders
-  from deform3d.train import trainer
-  data = str(tmp_path / "data")
-  embedded.build(data, sizes={"train": (64, 1, 41), "val": (12, 1, 42)}, verbose=False)
-  config = get_config("variant=tiny")
-  config.dataset.data_dir = data
-  config.total_steps = config.eval_every = config.checkpoint_every = 4
-  config.warmup_steps = 1
-  workdir = str(tmp_path / "work")
-  trainer.train(config, workdir, make_train_iter=lambda s: loaders.train_iter(config, s),
-                make_eval_iter=lambda: loaders.eval_iter(config), log=lambda s: None)
-  base = [sys.executable, "launch/predict.py", "--config", "configs/embedded.py:variant=tiny",
-          "--workdir",
-          workdir, "--video", CLIP, f"--config.dataset.data_dir={data}"]
+  from data_pipelines import embedded
+  config = get_config()
+  base = [sys.executable, "launch/predict.py", "--config", "configs/embedded.py", "--workdir",
+          explained_model["workdir"], "--video", CLIP] + explained_model["overrides"]
   out = str(tmp_path / "pred")
   proc = run(base + ["--poses", ntu_poses + ".pkl", "--explain", "--out", out])
   assert proc.returncode == 0, proc.stderr[-3000:]
   pred = json.load(open(os.path.join(out, "prediction.json")))
   assert pred["frames"] == 72 and pred["clips"] == config.dataset.eval_clips
-  assert pred["checkpoint_step"] == 4
+  assert pred["checkpoint_step"] == explained_model["steps"]
   names = [p["name"] for p in pred["top"]]
   assert len(names) == 5 and set(names) <= set(embedded.CLASSES)
   probs = [p["prob"] for p in pred["top"]]
