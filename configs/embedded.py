@@ -14,6 +14,9 @@ Variants, ``--config configs/embedded.py:variant=NAME``:
   pose_only  ablation: no RGB stem, no deformable attention
   tiny       the small local variant for tests, benchmarks and a first try in Colab: tiny model,
              32 px, 4 frames, batch 8, 12 steps, no TensorBoard
+  micro      tiny cut to one block (both strides 2) on 2 frames of 16 px, with dropout: the
+             tests of the trainer's mechanics (devices, processes, kill and resume), which need
+             the training step's code paths, not accuracy; about half tiny's compile time
 
 Every value can be overridden on the command line (``--config.batch_size=64``); unknown keys
 are errors. The one-person ablation: ``--config.dataset.max_persons=1``.
@@ -22,7 +25,7 @@ import ml_collections
 
 from configs.common import check_choice, parse_arg
 
-VARIANTS = ("default", "pooled", "rgb_only", "pose_only", "tiny")
+VARIANTS = ("default", "pooled", "rgb_only", "pose_only", "tiny", "micro")
 
 
 def get_config(arg=None):
@@ -106,7 +109,7 @@ def get_config(arg=None):
     c.model.use_pose = False
   elif arg.variant == "pose_only":
     c.model.use_rgb = False
-  elif arg.variant == "tiny":
+  elif arg.variant in ("tiny", "micro"):
     c.num_frames = 4
     c.image_size = 32
     c.model.variant = "tiny"
@@ -121,4 +124,13 @@ def get_config(arg=None):
     c.eval_every = 12
     c.checkpoint_every = 4
     c.tensorboard = False
+    if arg.variant == "micro":
+      c.num_frames = 2
+      c.image_size = 16  # the stem's 8 x 8 patches: 2 x 2 RGB tokens
+      c.model.depth = 1
+      c.model.joint_strides = (2,)
+      c.model.temporal_strides = (2,)
+      # One block has no drop-path (block 0's rate is 0): dropout keeps the step random, so
+      # that a resumed run must replay the randomness of the steps it repeats.
+      c.model.dropout = 0.1
   return c

@@ -137,3 +137,11 @@ def explained_model(tmp_path_factory):
           "overrides": [f"--config.dataset.data_dir={data}"] + [
               f"--config.model.{k}={v}" for k, v in EXPLAINED_OPTIONS.items()]}
 
+
+@pytest.fixture(scope="session")
+def micro_data(tmp_path_factory):
+  """Embedded records of ``tests.MICRO_SPLITS`` for the micro variant, built once per session
+  (the tests of the trainer's mechanics read them; tests must not write into them)."""
+  pytest.importorskip("tensorflow")
+  from tests import build_micro_data
+  return shared_once(tmp_path_factory, "micro_data", build_micro_data)

@@ -1,5 +1,5 @@
 """Run by test_multihost.py: one process of a 2-process x 4-CPU-device run, or the single-process
-8-device reference fed the same global batches.
+8-device reference fed the same global batches; the micro config (``tests.micro_config``).
 
   multihost_worker.py multi DATA WORKDIR PROCESS_ID PORT
   multihost_worker.py single DATA WORKDIR
@@ -18,13 +18,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-STEPS = 6
+STEPS = 6  # of the config's total_steps: its compiled step, as the other tests of the variant
 
 
 def config_for(data):
-  from tests.test_train import tiny_config
-  c = tiny_config(data)
-  c.total_steps = STEPS
+  from tests import micro_config
+  c = micro_config(data)
   c.log_every = 1
   c.eval_every = 0
   c.checkpoint_every = 3
@@ -95,7 +94,7 @@ def main(mode, data, workdir=None, *rest):
         parts = [next(it) for it in its]
         yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   out = trainer.train(config, workdir, make_train_iter=make_iter, mesh=sharding.make_mesh(),
-                      log=lambda s: None)
+                      stop_after=STEPS, log=lambda s: None)
   if jax.process_index() == 0:
     print("LOSSES " + json.dumps([l for _, l in out["losses"]]), flush=True)
 

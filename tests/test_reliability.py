@@ -13,16 +13,17 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from data_pipelines import embedded, input_pipeline, loaders, records  # noqa: E402
+from data_pipelines import input_pipeline, loaders, records  # noqa: E402
 from deform3d.train import trainer  # noqa: E402
+from tests import micro_config  # noqa: E402
 from tests.test_data import static_sample  # noqa: E402
-from tests.test_train import TINY_SPLITS, tiny_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 12  # the tiny variant's total_steps: the same compiled step as tests/test_train.py's
-# configs/embedded.py's small local variant, made to log and checkpoint every step.
-TINY = ["--config.log_every=1", "--config.eval_every=0",
-        "--config.checkpoint_every=1", "--config.keep_checkpoints=2", "--eval_test=false"]
+STEPS = 12  # the micro variant's total_steps: the compiled step of the other tests of the variant
+# configs/embedded.py's micro variant (the trainer's mechanics, not accuracy, are under test),
+# made to log and checkpoint every step.
+MICRO = ["--config.log_every=1", "--config.eval_every=0",
+         "--config.checkpoint_every=1", "--config.keep_checkpoints=2", "--eval_test=false"]
 
 
 
@@ -32,17 +33,15 @@ def split_summary(directory, split):
     return json.load(fh)
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp("embedded"))
-  embedded.build(d, sizes=TINY_SPLITS, num_frames=8, size=32, verbose=False)
-  return d
+def data_dir(micro_data):
+  return micro_data
 
 
 def train_cmd(data, workdir):
   return [sys.executable, os.path.join(ROOT, "launch", "train.py"),
-          f"--config={os.path.join(ROOT, 'configs', 'embedded.py')}:variant=tiny",
+          f"--config={os.path.join(ROOT, 'configs', 'embedded.py')}:variant=micro",
           f"--workdir={workdir}",
-          f"--config.dataset.data_dir={data}", *TINY]
+          f"--config.dataset.data_dir={data}", *MICRO]
 
 
 def logged_step(workdir):
@@ -98,7 +97,7 @@ def test_sigkill_at_random_steps_then_resume_is_bit_identical(data_dir, tmp_path
 
 
 def test_training_stream_resumes_exactly_from_a_step(data_dir):
-  config = tiny_config(data_dir)
+  config = micro_config(data_dir)
   config.dataset.cache = False  # the file / shuffle-buffer path (cache=True: tested above)
   config.dataset.shuffle_buffer = 16
   full = loaders.train_iter(config, 0)
@@ -114,7 +113,7 @@ def test_training_stream_resumes_exactly_from_a_step(data_dir):
 
 @pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
-  config = tiny_config(data_dir)
+  config = micro_config(data_dir)
   config.checkpoint_every = 2
   config.log_every = 5
   clean = loaders.train_iter(config, 0)
@@ -134,7 +133,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
 @pytest.mark.slow
 def test_full_disk_on_save_names_step_and_keeps_earlier_checkpoint(data_dir, tmp_path,
                                                                    monkeypatch):
-  config = tiny_config(data_dir)  # runs to step 8 (stop_after), checkpoints every 4
+  config = micro_config(data_dir)  # runs to step 8 (stop_after), checkpoints every 4
   real = trainer.ocp.CheckpointManager.save
 
   def save(self, step, *a, **k):
