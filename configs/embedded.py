@@ -80,7 +80,9 @@ def get_config(arg=None):
   c.model.fast = True    # speed rewrites (deform3d/models/fast.py): same parameters and function
   c.model.remat = False  # recompute each block's activations in the backward pass (less memory)
   c.model.sampler_backward = "auto"  # sampler gradient by backend (ops/sampling.py)
-  c.model.attention_kernel = "xla"  # "pallas": fused bias + softmax kernel; "auto": pallas on GPU
+  # "pallas": the fused bias + softmax kernel; "auto": that kernel on GPU and TPU, its XLA form on
+  # CPU (docs/accelerators.md)
+  c.model.attention_kernel = "xla"
   c.model.dtype = "float32"
 
   c.batch_size = 32  # global batch, split over devices and processes

@@ -1,4 +1,9 @@
-"""Training loop, checkpoint resume, metrics, reports and the launch script's config handling."""
+"""Training loop, checkpoint resume, metrics, reports and the launch script's config handling.
+
+The loop's mechanics (checkpoints, resume, evaluation, input wait, steps compiled ahead, the
+command line) run the micro variant (``tests.micro_config``) on the session's micro records;
+the tests of what the tiny model is (its fingerprint, its block layouts, its clip shapes) and the
+learning run keep the tiny variant."""
 import json
 import os
 import subprocess
@@ -14,10 +19,9 @@ from configs import embedded as embedded_config  # noqa: E402
 from data_pipelines import embedded, loaders  # noqa: E402
 from deform3d.train import report, trainer  # noqa: E402
 from deform3d.train.metrics import classification_metrics  # noqa: E402
-from tests import fresh_python  # noqa: E402
+from tests import fresh_python, micro_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_SPLITS = {"train": (40, 2, 11), "val": (20, 1, 12), "test": (20, 1, 13)}
 
 
 def tiny_config(data_dir):
@@ -28,10 +32,9 @@ def tiny_config(data_dir):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp("embedded"))
-  embedded.build(d, sizes=TINY_SPLITS, num_frames=8, size=32, verbose=False)
-  return d
+def data_dir(micro_data):
+  """The session's micro records (tests/conftest.py): 4 frames of 16 px, 40 / 20 / 20 videos."""
+  return micro_data
 
 
 def run(config, workdir, **kw):
@@ -43,7 +46,7 @@ def run(config, workdir, **kw):
 
 @pytest.mark.slow
 def test_short_training_run_checkpoints_and_evaluates(data_dir, tmp_path):
-  config = tiny_config(data_dir)
+  config = micro_config(data_dir)
   out, lines = run(config, str(tmp_path))
   assert int(out["state"].step) == 12
   assert all(np.isfinite(l) for _, l in out["losses"])
@@ -61,7 +64,7 @@ def test_short_training_run_checkpoints_and_evaluates(data_dir, tmp_path):
     assert json.load(fh)["model"]["variant"] == "tiny"
   with open(tmp_path / "model.json") as fh:  # the variant's sizes, resolved
     model = json.load(fh)
-  assert (model["embed_dim"], model["depth"], model["joint_strides"]) == (32, 2, [1, 2])
+  assert (model["embed_dim"], model["depth"], model["joint_strides"]) == (32, 1, [2])
   # The run's progress lines are kept in log.txt; the run plots them into its curves.png, and
   # launch/plot_curves.py plots runs side by side.
   with open(tmp_path / "curves.png", "rb") as fh:
@@ -82,14 +85,15 @@ def test_short_training_run_checkpoints_and_evaluates(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_stopped_run_resumes_from_last_checkpoint(data_dir, tmp_path):
-  config = tiny_config(data_dir)
+  config = micro_config(data_dir)
   first, _ = run(config, str(tmp_path), stop_after=6)  # "preempted" after step 6
   assert int(first["state"].step) == 6
   saved = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
   assert saved[-1] == 6  # the end of a run is always saved
   first_params = jax.tree.map(np.asarray, first["state"].params)
   second, lines = run(config, str(tmp_path))
-  assert "resumed from checkpoint at step 6" in lines[0]
+  resumed = lambda lines: [l for l in lines if l.startswith("resumed from checkpoint")]
+  assert resumed(lines) == [f"resumed from checkpoint at step 6 in {tmp_path}"]
   # launch/eval.py's path: restore a chosen (non-latest) step.
   mngr = trainer.checkpoint_manager(str(tmp_path), config)
   older = trainer.restore_step(second["trainer"], mngr, config, 6)
@@ -102,22 +106,22 @@ def test_stopped_run_resumes_from_last_checkpoint(data_dir, tmp_path):
   assert os.path.getsize(tmp_path / "curves.png") > 0
   # The restored parameters are the saved ones: a no-op resume at the end changes nothing.
   third, lines = run(config, str(tmp_path))
-  assert "resumed from checkpoint at step 12" in lines[0]
+  assert resumed(lines) == [f"resumed from checkpoint at step 12 in {tmp_path}"]
   for a, b in zip(jax.tree.leaves(second["state"].params), jax.tree.leaves(third["state"].params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.slow
 def test_workdir_of_another_config_is_refused(data_dir, tmp_path):
-  config = tiny_config(data_dir)
+  config = micro_config(data_dir)
   run(config, str(tmp_path), stop_after=4)
-  other = tiny_config(data_dir)
+  other = micro_config(data_dir)
   other.model.embed_dim = 48
   with pytest.raises(trainer.ConfigMismatchError,
                      match=r"another configuration \(differs in model.embed_dim\)"):
     run(other, str(tmp_path))
   # Another clip length sizes the time embedding otherwise: refused by name, not by orbax.
-  longer = tiny_config(data_dir)
+  longer = micro_config(data_dir)
   longer.num_frames = 8
   with pytest.raises(trainer.ConfigMismatchError, match=r"\(differs in num_frames\)"):
     run(longer, str(tmp_path))
@@ -128,7 +132,7 @@ def test_input_wait_share_is_the_time_spent_getting_batches(data_dir, tmp_path):
   """A data source that takes 0.3 s per batch leaves the loop waiting most of the time; the
   same batches from memory do not."""
   import time
-  config = tiny_config(data_dir)
+  config = micro_config(data_dir)
   config.log_every, config.eval_every = 2, 0
   first = next(loaders.train_iter(config, 0))
 
@@ -309,7 +313,7 @@ def test_input_shapes_agree_from_config_element_spec_and_batch(data_dir):
 @pytest.mark.slow
 def test_restore_checkpoint_for_evaluation_names_missing_steps(data_dir, tmp_path):
   from deform3d.train.sharding import make_mesh
-  config = tiny_config(data_dir)  # checkpoints every 4 steps; this run stops after 4
+  config = micro_config(data_dir)  # checkpoints every 4 steps; this run stops after 4
   tr = trainer.Trainer(config, make_mesh(), loaders.input_shapes(config))
   with pytest.raises(FileNotFoundError, match="no checkpoint found under checkpoints/"):
     trainer.restore_checkpoint(tr, str(tmp_path), config)
@@ -450,7 +454,7 @@ def test_steps_compiled_ahead_from_the_config_run_the_pipelines_batches(data_dir
   batch of another shape goes through ``jax.jit``."""
   from configs.common import clip_shapes
   from deform3d.train import sharding as shd
-  config = tiny_config(data_dir)
+  config = micro_config(data_dir)
   mesh = shd.make_mesh()
   ahead = trainer.Trainer(config, mesh, clip_shapes(config))
   ahead.compile()
@@ -477,18 +481,18 @@ def test_steps_compiled_ahead_from_the_config_run_the_pipelines_batches(data_dir
 
 @pytest.mark.slow
 def test_device_resize_runs_the_pipelines_padded_crops_through_the_compiled_steps(data_dir):
-  """``dataset.resize="device"`` end to end on the tiny config: the model's clip shapes are the
+  """``dataset.resize="device"`` end to end on the micro config: the model's clip shapes are the
   same three ways (config, element spec, batch); the steps compiled ahead from the config take
   the pipeline's batches of padded crops (training, evaluation, the all-masked batch); and the
   frames the step makes of them (``Trainer._frames``) are the host pipeline's float32 frames."""
   from configs.common import clip_shapes
   from deform3d.train import sharding as shd
-  config = tiny_config(data_dir)
-  config.dataset.resize, config.dataset.crop_pad = "device", 32  # the records' short side
+  config = micro_config(data_dir)
+  config.dataset.resize, config.dataset.crop_pad = "device", 16  # the records' short side
   want = clip_shapes(config)
   assert loaders.input_shapes(config) == want
   batch = next(loaders.train_iter(config))
-  assert batch["frames"].shape[2:4] == (32, 32) and batch["crop"].dtype == np.int32
+  assert batch["frames"].shape[2:4] == (16, 16) and batch["crop"].dtype == np.int32
   assert trainer.input_shapes(batch, config.image_size) == want
   with pytest.raises(ValueError, match="pass the config's image_size"):
     trainer.input_shapes(batch)
@@ -502,7 +506,7 @@ def test_device_resize_runs_the_pipelines_padded_crops_through_the_compiled_step
   assert trainer._layout(ahead._empty_eval_batch(8, 2)) == trainer._layout(real)
   ev = ahead.evaluate(jax.tree.map(np.asarray, state.params), loaders.eval_iter(config))
   assert ahead.compiled_calls["eval"] == 3 and ev["num_examples"] == 20
-  host = tiny_config(data_dir)
+  host = micro_config(data_dir)
   host.dataset.frames_dtype = "float32"  # normalized float frames from the host
   for make in (loaders.train_iter, loaders.eval_iter):
     got = np.asarray(jax.jit(ahead._frames)(shd.global_batch(next(make(config)), mesh)))
@@ -512,11 +516,11 @@ def test_device_resize_runs_the_pipelines_padded_crops_through_the_compiled_step
 @pytest.mark.heavy
 def test_train_command_writes_eval_test_and_tensorboard_and_eval_command_agrees(data_dir,
                                                                                 tmp_path):
-  """README's commands on the tiny config: ``launch/train.py`` ends with the test split's
+  """README's commands on the micro config: ``launch/train.py`` ends with the test split's
   ``eval_test/metrics.json`` and ``confusion.png`` and writes TensorBoard scalars to
   ``WORKDIR/tb``; ``launch/eval.py`` on the same checkpoint and split writes the same metrics."""
   work = str(tmp_path / "w")
-  common = ["--config", os.path.join(ROOT, "configs", "embedded.py") + ":variant=tiny",
+  common = ["--config", os.path.join(ROOT, "configs", "embedded.py") + ":variant=micro",
             f"--config.dataset.data_dir={data_dir}"]
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "train.py"), *common,
                          "--workdir", work, "--config.tensorboard=true"],
