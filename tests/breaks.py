@@ -6,7 +6,8 @@ fail. ``why`` says which property those tests guard.
 
     python -m tests.breaks [--only NAME ...] [--list] [--rev REV] [--jobs 1] [--baseline]
         [--timeout 900] [--json PATH] [--table docs/experiments/breaks/table.md] [--times PATH]
-    python -m tests.breaks --render JSON --table PATH     (the table of an earlier pass)
+    python -m tests.breaks --render JSON --table PATH [--before JSON]   (an earlier pass's table;
+        --before puts a still earlier pass's result per entry beside it)
 
 For each entry: a scratch copy of the tree (the working tree: the files git tracks plus the
 untracked ones it does not ignore; or ``git archive REV`` with ``--rev``), the replacement made
@@ -621,7 +622,8 @@ def host_info() -> str:
   return f"{os.cpu_count()} CPUs, load average {load} at the start"
 
 
-def write_outputs(report: dict, json_path: Optional[str], table_path: Optional[str]) -> None:
+def write_outputs(report: dict, json_path: Optional[str], table_path: Optional[str],
+                  before: Optional[dict] = None) -> None:
   if json_path:
     os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
     with open(json_path + ".tmp", "w") as fh:
@@ -631,7 +633,7 @@ def write_outputs(report: dict, json_path: Optional[str], table_path: Optional[s
   if table_path:
     os.makedirs(os.path.dirname(os.path.abspath(table_path)), exist_ok=True)
     with open(table_path + ".tmp", "w") as fh:
-      fh.write(markdown(report))
+      fh.write(markdown(report, before))
     os.replace(table_path + ".tmp", table_path)
 
 
@@ -642,7 +644,9 @@ def counts(results: Sequence[dict]) -> dict:
   return c
 
 
-def markdown(report: dict) -> str:
+def markdown(report: dict, before: Optional[dict] = None) -> str:
+  """The pass ``report`` as a Markdown table; with ``before`` (an earlier pass's JSON), each
+  entry's result and seconds in that pass beside its own."""
   where = report["commit"][:12]
   if report.get("rev"):
     where += " (`--rev`)"
@@ -675,15 +679,31 @@ def markdown(report: dict) -> str:
     lines += [f"Baseline (every entry's tests on the unbroken copy): "
               f"{short_summary(base['summary']) or base['rc']} in {_fmt(base['seconds'])}"
               + ("" if base["rc"] == 0 else " **(not all passed)**"), ""]
-  lines += ["| break | file | tests | result | seconds | guards |",
-            "| --- | --- | --- | --- | --- | --- |"]
+  earlier = {}
+  if before:
+    earlier = {r["name"]: r for r in before["results"]}
+    b = counts(before["results"])
+    lines += [f"Before: the pass of {before['started']} on commit {before['commit'][:12]} "
+              f"(`{before['command']}`): {b['caught']} of {len(before['results'])} caught. "
+              "Its result and seconds per entry are the table's before columns; an entry "
+              "added since shows -.", ""]
+    lines += ["| break | file | tests | before | before s | result | seconds | guards |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  else:
+    lines += ["| break | file | tests | result | seconds | guards |",
+              "| --- | --- | --- | --- | --- | --- |"]
   for r in done:
     tests = "<br>".join(f"`{t.replace('tests/', '', 1)}`" for t in r["tests"])
     result = r["result"] if r["result"] == "caught" else f"**{r['result']}**"
     if r.get("note"):
       result += f" ({short_summary(r['note'])})"
-    lines.append(f"| `{r['name']}` | `{r['file']}` | {tests} | {result.replace('|', '/')} | "
-                 f"{r['seconds']:.0f} | {r['why']} |")
+    then = ""
+    if before:
+      e = earlier.get(r["name"])
+      then = (f"{e['result'] if e['result'] == 'caught' else '**' + e['result'] + '**'} | "
+              f"{e['seconds']:.0f} | " if e else "- | - | ")
+    lines.append(f"| `{r['name']}` | `{r['file']}` | {tests} | {then}{result.replace('|', '/')}"
+                 f" | {r['seconds']:.0f} | {r['why']} |")
   left = report.get("not_run") or []
   if left:
     lines += ["", f"Not run in this pass: {', '.join(f'`{n}`' for n in left)}."]
@@ -717,11 +737,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--keep", action="store_true", help="keep the scratch trees")
   parser.add_argument("--render", metavar="JSON", help="write --table from this JSON of an "
                       "earlier pass and exit (nothing runs)")
+  parser.add_argument("--before", metavar="JSON", help="an earlier pass's JSON whose result "
+                      "and seconds per entry the table shows beside this pass's")
   args = parser.parse_args(argv)
 
+  before = None
+  if args.before:
+    with open(args.before) as fh:
+      before = json.load(fh)
   if args.render:
     with open(args.render) as fh:
-      write_outputs(json.load(fh), None, args.table or parser.error("--render needs --table"))
+      write_outputs(json.load(fh), None, args.table or parser.error("--render needs --table"),
+                    before)
     return 0
   breaks = list(BREAKS)
   if args.only:
@@ -805,7 +832,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shown = entry["result"] + (f" ({entry['note']})" if entry.get("note") else "")
         print(f"[{n_done}/{len(breaks)}] {b.name}: {shown}, {r['seconds']:.0f} s | elapsed "
               f"{_fmt(time.monotonic() - t_start)}, ETA {_fmt(eta)}", flush=True)
-        write_outputs(report, args.json, args.table)
+        write_outputs(report, args.json, args.table, before)
       return entry
 
     print(f"{len(breaks)} breaks, {args.jobs} at a time, timeout {args.timeout:.0f} s each; "
@@ -821,7 +848,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     report["counts"] = counts(report["results"])
     order = {b.name: i for i, b in enumerate(BREAKS)}
     report["results"].sort(key=lambda r: order[r["name"]])
-    write_outputs(report, args.json, args.table)
+    write_outputs(report, args.json, args.table, before)
     if own_cache:
       shutil.rmtree(cache_dir, ignore_errors=True)
   c = report["counts"]

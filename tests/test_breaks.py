@@ -43,3 +43,26 @@ def test_problems_name_the_entry_and_the_file():
   for w in want:
     assert any(m.startswith(w) for m in got), (w, got)
   assert len(got) == len(want), got
+
+
+def test_table_puts_the_before_pass_beside_each_entry():
+  from tests.breaks import markdown
+
+  def report(commit, results):
+    return {"commit": commit, "command": "python -m tests.breaks", "started": "t0",
+            "finished": "t1", "planned": len(results), "results": results}
+
+  row = lambda name, result, s: {"name": name, "file": "f.py", "tests": ["tests/t.py::x"],
+                                 "result": result, "seconds": s, "why": "w"}
+  before = report("a" * 40, [row("kept", "caught", 30), row("lost", "caught", 10)])
+  after = report("b" * 40, [row("kept", "caught", 12), row("lost", "NOT caught", 9),
+                            row("new", "caught", 5)])
+  table = markdown(after, before).splitlines()
+  assert "| break | file | tests | before | before s | result | seconds | guards |" in table
+  rows = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[4:8]]
+          for l in table if l.startswith("| `")}
+  assert rows == {"`kept`": ["caught", "30", "caught", "12"],
+                  "`lost`": ["caught", "10", "**NOT caught**", "9"],
+                  "`new`": ["-", "-", "caught", "5"]}
+  assert any("1 of 2" not in l and "2 of 2 caught" in l for l in table)
+  assert "before" not in markdown(after).splitlines()[-3]  # one pass alone: no before columns
