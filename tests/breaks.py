@@ -670,10 +670,10 @@ def markdown(report: dict, before: Optional[dict] = None) -> str:
       "",
       f"Run {report['started']} to {report.get('finished') or '(not finished)'} on commit "
       f"{where}; {len(done)} of {report['planned']} entries run: **{c['caught']} caught, "
-      f"{c['NOT caught']} NOT caught, {c['invalid']} invalid**. Wall time of the breaks "
+      f"{c['NOT caught']} NOT caught, {c['invalid']} invalid**. The breaks' seconds add up to "
       f"{_fmt(sum(r['seconds'] for r in done))}"
-      + (f", of the whole pass {_fmt(report['total_seconds'])}" if report.get("total_seconds")
-         else "") + "." + (f" Host: {report['host']}." if report.get("host") else ""),
+      + (f"; the whole pass took {_fmt(report['total_seconds'])} "
+         f"(--jobs {report.get('jobs', 1)})" if report.get("total_seconds") else "") + "." + (f" Host: {report['host']}." if report.get("host") else ""),
       "",
       "Each break is made in a scratch copy of the tree and its tests run there "
       "(`python -m pytest -q -x`). caught: the tests failed; NOT caught: they passed, were "
