@@ -690,8 +690,8 @@ def markdown(report: dict, before: Optional[dict] = None) -> str:
   if before:
     earlier = {r["name"]: r for r in before["results"]}
     b = counts(before["results"])
-    lines += [f"Before: the pass of {before['started']} on commit {before['commit'][:12]} "
-              f"(`{before['command']}`): {b['caught']} of {len(before['results'])} caught. "
+    lines += [f"Before: the pass of {before['started']} on commit {before['commit'][:12]}: "
+              f"{b['caught']} of {len(before['results'])} caught. "
               "Its result and seconds per entry are the table's before columns; an entry "
               "added since shows -.", ""]
     lines += ["| break | file | tests | before | before s | result | seconds | guards |",
