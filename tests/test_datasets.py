@@ -459,16 +459,19 @@ def test_beam_multi_worker_build_equals_single_worker(raw, tmp_path):
 def test_training_reads_converted_fixture(built, tmp_path, name, spec):
   """What ``launch/train.py`` runs, in this process: the build's config file with its
   ``runlocal`` variant pointed at the build, the input pipeline, two training steps and the
-  evaluation on the build's test split. The model is cut to the micro variant's one block on
-  2 frames of 16 px (its joint layout, persons and classes stay the dataset's): the records'
-  way through the pipeline and both steps is what is tested, not the model."""
+  evaluation on the build's test split. The model and clips are cut to the micro variant's
+  (one block, 2 frames of 16 px; the joint layout, persons and classes stay the dataset's): the
+  records' way through the pipeline and both steps is what is tested, not the model."""
   from configs.common import load
   from data_pipelines import loaders
   from deform3d.train import trainer
+  from tests import micro_config
   config = load(spec + ("," if ":" in spec else ":") + "runlocal=true")
   config.dataset.data_dir = built[name]
-  config.num_frames, config.image_size = 2, 16
-  config.model.depth, config.model.joint_strides, config.model.temporal_strides = 1, (2,), (2,)
+  micro = micro_config(built[name])
+  config.num_frames, config.image_size = micro.num_frames, micro.image_size
+  for key in ("depth", "joint_strides", "temporal_strides"):
+    config.model[key] = micro.model[key]
   lines = []
   out = trainer.train(config, str(tmp_path),
                       make_train_iter=lambda s: loaders.train_iter(config, s),
