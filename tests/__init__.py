@@ -23,12 +23,17 @@ MICRO_SPLITS = {"train": (40, 2, 11), "val": (20, 1, 12), "test": (20, 1, 13)}
 MICRO_RECORDS = {"num_frames": 4, "size": 16}
 
 
-def micro_config(data_dir):
-  """configs/embedded.py's micro variant, reading ``data_dir``."""
+def embedded_config(data_dir, variant):
+  """configs/embedded.py's ``variant``, reading ``data_dir``."""
   from configs import embedded
-  c = embedded.get_config("variant=micro")
+  c = embedded.get_config(f"variant={variant}")
   c.dataset.data_dir = data_dir
   return c
+
+
+def micro_config(data_dir):
+  """configs/embedded.py's micro variant, reading ``data_dir``."""
+  return embedded_config(data_dir, "micro")
 
 
 def build_micro_data(directory, sizes=None):

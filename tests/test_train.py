@@ -15,20 +15,17 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from configs import embedded as embedded_config  # noqa: E402
 from data_pipelines import embedded, loaders  # noqa: E402
 from deform3d.train import report, trainer  # noqa: E402
 from deform3d.train.metrics import classification_metrics  # noqa: E402
-from tests import fresh_python, micro_config  # noqa: E402
+from tests import embedded_config, fresh_python, micro_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(data_dir):
   """configs/embedded.py's small local variant, reading ``data_dir``."""
-  c = embedded_config.get_config("variant=tiny")
-  c.dataset.data_dir = data_dir
-  return c
+  return embedded_config(data_dir, "tiny")
 
 
 @pytest.fixture(scope="module")
